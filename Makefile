@@ -1,0 +1,30 @@
+# Two commands for a fresh Linux machine with Python 3.11:
+#   make demo   - set up .venv and run the main job on the embedded synthetic default
+#   make test   - set up .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench setup clean
+
+$(STAMP): pyproject.toml constraints.txt CMakeLists.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch is pinned to the 2.13 CPU build by constraints.txt; the editable install compiles csrc/
+	$(PY) -m pip install -c constraints.txt -e ".[train,ort,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m training run --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results.json
+
+clean:
+	rm -rf build $(VENV) runs

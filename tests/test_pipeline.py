@@ -1,0 +1,48 @@
+"""The main job's data stage, its resumability, and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, config_from_dict, load_config
+from training.pipeline import RunContext, load_split, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny():
+    return config_from_dict({"name": "t", "data": {"synthetic": {"num_images": 20}}})
+
+
+def test_data_stage_splits_and_is_skipped_on_rerun(tmp_path: Path):
+    res = run_pipeline(_tiny(), tmp_path / "run")
+    assert res["data"]["num_train"] + res["data"]["num_val"] == 20
+    split = json.loads((tmp_path / "run" / "data" / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+    again = run_pipeline(_tiny(), tmp_path / "run")
+    assert again["data"]["skipped"]
+    changed = config_from_dict({"name": "t", "data": {"synthetic": {"num_images": 25}}})
+    assert not run_pipeline(changed, tmp_path / "run")["data"].get("skipped")
+    train, val = load_split(RunContext(changed, tmp_path / "run"))
+    assert len(train) + len(val) == 25
+
+
+def test_shipped_configs_parse():
+    for path in (REPO / "configs").glob("*.yaml"):
+        load_config(path)
+
+
+def test_config_errors_name_key_and_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"config\.data: unknown key\(s\) \['sourse'\]"):
+        config_from_dict({"data": {"sourse": "x"}})
+    with pytest.raises(ConfigError, match="seed: expected int"):
+        config_from_dict({"seed": "zero"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: broken YAML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_pipeline(_tiny(), tmp_path / "r", stages=["nope"])

@@ -1,0 +1,1 @@
+"""Training side of diffdefect-edge: run from the checkout with ``python -m training``."""

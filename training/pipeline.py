@@ -1,0 +1,122 @@
+"""The main job: resumable stages writing under one run directory.
+
+Each stage records the hash of the config sections it depends on in ``RUN/<stage>/stage.json``; a rerun
+with the same hash skips it. Stages so far: ``data`` (synthesize or load, validate, split, statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import ExperimentConfig, save_config
+from training.data import Dataset, SynthConfig, load_dataset, split_dataset, write_synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    config: ExperimentConfig
+    run_dir: Path
+    data_override: Path | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    depends_on: tuple[str, ...]  # config sections whose change reruns the stage
+    fn: Callable[[RunContext], dict[str, Any]]
+
+
+def dataset_path(ctx: RunContext) -> Path:
+    if ctx.data_override is not None:
+        return ctx.data_override
+    if ctx.config.data.source == "synthetic":
+        return ctx.stage_dir("data") / "synthetic"
+    return Path(ctx.config.data.source)
+
+
+def load_run_dataset(ctx: RunContext) -> Dataset:
+    cfg = ctx.config.data
+    return load_dataset(dataset_path(ctx), format=cfg.format, class_names=cfg.class_names, on_error=cfg.on_error)
+
+
+def load_split(ctx: RunContext) -> tuple[Dataset, Dataset]:
+    """The (train, val) split the data stage wrote."""
+    dataset = load_run_dataset(ctx)
+    split = json.loads((ctx.stage_dir("data") / "split.json").read_text())
+    by_id = {r.image_id: i for i, r in enumerate(dataset.records)}
+    return dataset.subset([by_id[i] for i in split["train"]]), dataset.subset([by_id[i] for i in split["val"]])
+
+
+def stage_data(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config.data
+    if ctx.data_override is None and cfg.source == "synthetic":
+        s = cfg.synthetic
+        synth = SynthConfig(num_images=s.num_images, size=s.size, seed=ctx.config.seed, contrast=s.contrast,
+                            max_defects=s.max_defects, background_fraction=s.background_fraction)
+        write_synthetic_dataset(dataset_path(ctx), synth, overwrite=True)
+    dataset = load_run_dataset(ctx)
+    if dataset.skip_report:
+        log.warning(dataset.skip_report.summary())
+    train, val = split_dataset(dataset, cfg.val_fraction, seed=ctx.config.seed)
+    out = ctx.stage_dir("data")
+    split = {"class_names": dataset.class_names, "train": [r.image_id for r in train.records],
+             "val": [r.image_id for r in val.records]}
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    stats = {"all": dataset.stats(), "train": train.stats(), "val": val.stats()}
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    return {"dataset": str(dataset_path(ctx)), "num_train": len(train), "num_val": len(val),
+            "num_boxes": stats["all"]["num_boxes"], "boxes_per_class": stats["all"]["boxes_per_class"]}
+
+
+STAGES: list[Stage] = [
+    Stage("data", ("data",), stage_data),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def _stage_hash(ctx: RunContext, stage: Stage) -> str:
+    override = str(ctx.data_override.resolve()) if ctx.data_override else None
+    return ctx.config.section_hash(*stage.depends_on, extra={"data_override": override})
+
+
+def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str] | None = None,
+                 data_override: str | Path | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Run the named stages (default: all) in order; skip those already done with the same config."""
+    unknown = set(stages or []) - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {STAGE_NAMES}")
+    ctx = RunContext(config, Path(run_dir), Path(data_override) if data_override else None)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, ctx.run_dir / "config.yaml")
+    results: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if stages and stage.name not in stages:
+            continue
+        marker = ctx.stage_dir(stage.name) / "stage.json"
+        digest = _stage_hash(ctx, stage)
+        if not force and marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("config_hash") == digest:
+                log.info("stage %s: already done with this config, skipped", stage.name)
+                results[stage.name] = {**done["result"], "skipped": True}
+                continue
+        ctx.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        start = time.perf_counter()
+        log.info("stage %s: running", stage.name)
+        result = stage.fn(ctx)
+        elapsed = time.perf_counter() - start
+        marker.write_text(json.dumps({"config_hash": digest, "seconds": round(elapsed, 3), "result": result}, indent=1))
+        results[stage.name] = {**result, "seconds": round(elapsed, 3)}
+    return results
