@@ -1,12 +1,137 @@
-// pybind11 entry point of diffdefect_edge._kernels. Python-facing checks live in diffdefect_edge/kernels.py.
+// pybind11 entry point of diffdefect_edge._kernels. Arguments are checked here too (never crash on bad
+// input); the friendlier checks and conversions live in diffdefect_edge/kernels.py.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <cstdint>
+#include <string>
+
 #include "build_info.h"
+#include "kernels_api.h"
+#ifdef DDE_WITH_CUDA
+#include "cuda/cuda_api.h"
+#endif
 
 namespace py = pybind11;
+
+namespace {
+
+using farray = py::array_t<float, py::array::c_style>;
+
+farray checked(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<float>>(a) || a.dtype().kind() != 'f' || a.itemsize() != 4)
+    throw py::type_error(std::string(name) + " must be a float32 array, got dtype " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (a.size() == 0) throw py::value_error(std::string(name) + " is empty");
+  return py::reinterpret_borrow<farray>(a);
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) {
+  farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
+  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
+  const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), Wc = W / 2 + 1;
+  require(H < (1 << 20) && W < (1 << 20), "x: H and W must be below 2**20");
+  int64_t mask_channels = 0;
+  if (mask.ndim() == 2) {
+    require(mask.shape(0) == H && mask.shape(1) == Wc, "mask must have shape (H, W//2+1) = (" + std::to_string(H) +
+                                                             ", " + std::to_string(Wc) + "), got " + shape_str(mask));
+  } else if (mask.ndim() == 3) {
+    require(mask.shape(0) == C && mask.shape(1) == H && mask.shape(2) == Wc,
+            "mask must have shape (C, H, W//2+1) = (" + std::to_string(C) + ", " + std::to_string(H) + ", " +
+                std::to_string(Wc) + "), got " + shape_str(mask));
+    mask_channels = C;
+  } else {
+    throw py::value_error("mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
+  }
+  farray y({B, C, H, W});
+  const float* xp = x.data();
+  const float* mp = mask.data();
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    dde::fft_filter(xp, mp, yp, B * C, mask_channels, static_cast<int>(H), static_cast<int>(W), threads);
+  }
+  return y;
+}
+
+farray cross_attention(const py::array& q_in, const py::array& k_in, const py::array& v_in, double scale,
+                       int threads) {
+  farray q = checked(q_in, "q"), k = checked(k_in, "k"), v = checked(v_in, "v");
+  require(q.ndim() == 4, "q must have shape (B, heads, Lq, D), got " + shape_str(q));
+  require(k.ndim() == 4, "k must have shape (B, heads, Lk, D), got " + shape_str(k));
+  require(v.ndim() == 4, "v must have shape (B, heads, Lk, D), got " + shape_str(v));
+  const int64_t B = q.shape(0), Hh = q.shape(1), Lq = q.shape(2), D = q.shape(3), Lk = k.shape(2);
+  require(D <= 128, "q: head dim D must be <= 128, got " + std::to_string(D));
+  require(k.shape(0) == B && k.shape(1) == Hh && k.shape(3) == D,
+          "k must have shape (B, heads, Lk, D) matching q " + shape_str(q) + ", got " + shape_str(k));
+  require(v.shape(0) == B && v.shape(1) == Hh && v.shape(2) == Lk && v.shape(3) == D,
+          "v must have the shape of k " + shape_str(k) + ", got " + shape_str(v));
+  require(std::isfinite(scale), "scale must be finite");
+  farray out({B, Hh, Lq, D});
+  const float *qp = q.data(), *kp = k.data(), *vp = v.data();
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    dde::cross_attention(qp, kp, vp, op, B * Hh, Lq, Lk, static_cast<int>(D), static_cast<float>(scale), threads);
+  }
+  return out;
+}
+
+#ifdef DDE_WITH_CUDA
+void cuda_check(int code, const char* what) {
+  if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
+}
+#endif
+
+}  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
   m.doc() = "diffdefect-edge compiled kernels (CPU, and CUDA where compiled)";
   m.def("build_info", &dde::build_info,
         "Compiler, OpenMP threads, SIMD flags, whether CUDA code was compiled and a device is usable.");
+  m.def("cpu_isa", &dde::selected_isa, "The CPU kernel variant in use: avx512, avx2 or generic.");
+  m.def("fft_filter", &fft_filter, py::arg("x"), py::arg("mask"), py::arg("threads") = 0,
+        "y = irfft2(rfft2(x) * mask) on float32 C-contiguous arrays; threads=0 uses all cores.");
+  m.def("cross_attention", &cross_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"),
+        py::arg("threads") = 0, "softmax(q k^T * scale) v with a streaming softmax.");
+#ifdef DDE_WITH_CUDA
+  m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
+  m.def("fft_filter_cuda",
+        [](std::uintptr_t x, std::uintptr_t mask, std::uintptr_t y, int64_t planes, int64_t mask_channels, int H, int W,
+           std::uintptr_t stream) {
+          int code;
+          {
+            py::gil_scoped_release release;
+            code = dde_cuda_fft_filter(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(mask),
+                                       reinterpret_cast<float*>(y), planes, mask_channels, H, W,
+                                       reinterpret_cast<void*>(stream));
+          }
+          cuda_check(code, "fft_filter");
+        });
+  m.def("cross_attention_cuda",
+        [](std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t out, int64_t groups, int64_t Lq,
+           int64_t Lk, int D, float scale, std::uintptr_t stream) {
+          int code;
+          {
+            py::gil_scoped_release release;
+            code = dde_cuda_cross_attention(reinterpret_cast<const float*>(q), reinterpret_cast<const float*>(k),
+                                            reinterpret_cast<const float*>(v), reinterpret_cast<float*>(out), groups,
+                                            Lq, Lk, D, scale, reinterpret_cast<void*>(stream));
+          }
+          cuda_check(code, "cross_attention");
+        });
+#endif
 }

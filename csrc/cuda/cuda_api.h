@@ -13,3 +13,15 @@ int dde_cuda_device_props(int device, char* name, size_t name_len, int* major, i
 int dde_cuda_selftest(int device, int n, float alpha, int* ok);
 const char* dde_cuda_error_string(int code);
 }
+
+extern "C" {
+// Device that owns ptr, or -1 for host / unregistered memory.
+int dde_cuda_pointer_device(const void* ptr);
+// fft_filter on device arrays, launched on `stream`: x, y (planes, H, W); mask (H, W/2+1) or
+// (mask_channels, H, W/2+1) when mask_channels > 0. Own kernel, mask multiply fused (no cuFFT).
+int dde_cuda_fft_filter(const float* x, const float* mask, float* y, int64_t planes, int64_t mask_channels, int H,
+                        int W, void* stream);
+// Flash-style attention on device arrays (groups, L, D), launched on `stream`.
+int dde_cuda_cross_attention(const float* q, const float* k, const float* v, float* out, int64_t groups,
+                             int64_t Lq, int64_t Lk, int D, float scale, void* stream);
+}
