@@ -1,0 +1,252 @@
+"""diffdefect_edge.kernels against float64 numpy references, bad inputs, threads and ISA variants."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffdefect_edge import kernels
+
+RNG = np.random.default_rng(1234)
+
+
+def fft_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask if mask.ndim == 2 else mask[None]
+    return np.fft.irfft2(np.fft.rfft2(x.astype(np.float64)) * m.astype(np.float64), s=x.shape[-2:])
+
+
+def attention_reference(q, k, v, scale):
+    s = (q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    return (p / p.sum(axis=-1, keepdims=True)) @ v.astype(np.float64)
+
+
+def rel_err(a, b) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _fft_case(shape, per_channel):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    b, c, h, w = shape
+    mshape = (c, h, w // 2 + 1) if per_channel else (h, w // 2 + 1)
+    return x, RNG.random(mshape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (2, 2, 80, 80), (1, 3, 20, 25),
+                                   (3, 5, 40, 50), (1, 1, 1, 9), (1, 1, 11, 1), (1, 17, 2, 2), (1, 1, 64, 48)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fft_filter_matches_float64_reference(shape, per_channel):
+    x, mask = _fft_case(shape, per_channel)
+    y = kernels.fft_filter(x, mask)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert rel_err(y, fft_reference(x, mask)) < 1e-5
+
+
+def test_fft_filter_identity_and_lowpass_semantics():
+    x = RNG.standard_normal((2, 3, 20, 25)).astype(np.float32)
+    np.testing.assert_allclose(kernels.fft_filter(x, np.ones((20, 13), np.float32)), x, atol=1e-5)
+    dc = np.zeros((20, 13), np.float32)
+    dc[0, 0] = 1
+    y = kernels.fft_filter(x, dc)  # keeps only the mean of each plane
+    np.testing.assert_allclose(y, np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape), atol=1e-5)
+
+
+def test_fft_filter_per_channel_mask_uses_its_channel():
+    x, mask = _fft_case((2, 3, 12, 10), per_channel=True)
+    y = kernels.fft_filter(x, mask)
+    for c in range(3):
+        np.testing.assert_allclose(y[:, c:c + 1], kernels.fft_filter(np.ascontiguousarray(x[:, c:c + 1]), mask[c]),
+                                   atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), c=st.integers(1, 9), h=st.integers(1, 45), w=st.integers(1, 45),
+       per_channel=st.booleans())
+def test_fft_filter_hypothesis_shapes(b, c, h, w, per_channel):
+    x, mask = _fft_case((b, c, h, w), per_channel)
+    assert rel_err(kernels.fft_filter(x, mask), fft_reference(x, mask)) < 1e-5
+
+
+def test_fft_filter_accepts_non_contiguous_by_copying():
+    base, mask = _fft_case((2, 6, 16, 16), False)
+    x = base[:, ::2]  # a strided view
+    assert not x.flags.c_contiguous
+    assert rel_err(kernels.fft_filter(x, mask), fft_reference(np.ascontiguousarray(x), mask)) < 1e-5
+
+
+def test_threads_do_not_change_results():
+    x, mask = _fft_case((4, 8, 24, 24), True)
+    one, many = kernels.fft_filter(x, mask, threads=1), kernels.fft_filter(x, mask, threads=2)
+    np.testing.assert_array_equal(one, many)
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((2, 2, 50, 32), (2, 2, 70, 32), (2, 2, 70, 32)))
+    np.testing.assert_array_equal(kernels.cross_attention(q, k, v, threads=1), kernels.cross_attention(q, k, v, threads=2))
+    with pytest.raises(ValueError, match="threads"):
+        kernels.fft_filter(x, mask, threads=-1)
+
+
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("lq, lk", [(1, 1), (33, 70), (64, 64), (100, 7), (5, 300)])
+def test_cross_attention_matches_reference(d, lq, lk):
+    q = RNG.standard_normal((2, 3, lq, d)).astype(np.float32)
+    k = RNG.standard_normal((2, 3, lk, d)).astype(np.float32)
+    v = RNG.standard_normal((2, 3, lk, d)).astype(np.float32)
+    out = kernels.cross_attention(q, k, v)
+    assert out.shape == q.shape
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 1 / np.sqrt(d)), atol=2e-5, rtol=1e-4)
+
+
+def test_cross_attention_explicit_scale_and_odd_head_dim():
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((1, 2, 9, 20), (1, 2, 13, 20), (1, 2, 13, 20)))
+    np.testing.assert_allclose(kernels.cross_attention(q, k, v, scale=0.3), attention_reference(q, k, v, 0.3),
+                               atol=2e-5)
+
+
+def test_cross_attention_is_stable_for_huge_logits():
+    q = (RNG.standard_normal((1, 2, 40, 32)) * 300).astype(np.float32)
+    k = RNG.standard_normal((1, 2, 150, 32)).astype(np.float32)
+    v = RNG.standard_normal((1, 2, 150, 32)).astype(np.float32)
+    out = kernels.cross_attention(q, k, v, scale=1.0)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 1.0), atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lq=st.integers(1, 90), lk=st.integers(1, 150), d=st.integers(1, 128), heads=st.integers(1, 3))
+def test_cross_attention_hypothesis_shapes(lq, lk, d, heads):
+    q = RNG.standard_normal((1, heads, lq, d)).astype(np.float32)
+    k = RNG.standard_normal((1, heads, lk, d)).astype(np.float32)
+    v = RNG.standard_normal((1, heads, lk, d)).astype(np.float32)
+    np.testing.assert_allclose(kernels.cross_attention(q, k, v), attention_reference(q, k, v, 1 / np.sqrt(d)),
+                               atol=3e-5, rtol=1e-4)
+
+
+X4 = np.zeros((1, 2, 8, 8), np.float32)
+M2 = np.zeros((8, 5), np.float32)
+
+
+@pytest.mark.parametrize(
+    "x, mask, exc, match",
+    [
+        (np.zeros((2, 8, 8), np.float32), M2, ValueError, r"x must have shape \(B, C, H, W\)"),
+        (X4.astype(np.float64), M2, TypeError, "x must be float32"),
+        (X4, M2.astype(np.float16), TypeError, "mask must be float32"),
+        (X4, np.zeros((8, 8), np.float32), ValueError, r"mask must have shape \(H, W//2\+1\)"),
+        (X4, np.zeros((3, 8, 5), np.float32), ValueError, "mask must have shape"),
+        (np.zeros((1, 2, 0, 8), np.float32), M2, ValueError, "x is empty"),
+        (X4, np.zeros((0, 5), np.float32), ValueError, "mask is empty"),
+        (None, M2, TypeError, "x must be a float32 array, got None"),
+        (X4.astype(np.int32), M2, TypeError, "x must be float32"),
+    ],
+)
+def test_fft_filter_bad_input(x, mask, exc, match):
+    with pytest.raises(exc, match=match):
+        kernels.fft_filter(x, mask)
+
+
+Q = np.zeros((1, 2, 4, 16), np.float32)
+
+
+@pytest.mark.parametrize(
+    "q, k, v, exc, match",
+    [
+        (Q[0], Q, Q, ValueError, "q must have shape"),
+        (Q, Q[..., :8], Q, ValueError, "k must have shape"),
+        (Q, Q, np.zeros((1, 2, 5, 16), np.float32), ValueError, "v must have the shape of k"),
+        (np.zeros((1, 1, 2, 129), np.float32), np.zeros((1, 1, 2, 129), np.float32),
+         np.zeros((1, 1, 2, 129), np.float32), ValueError, "D must be <= 128"),
+        (Q.astype(np.float64), Q, Q, TypeError, "q must be float32"),
+        (Q, np.zeros((1, 2, 0, 16), np.float32), np.zeros((1, 2, 0, 16), np.float32), ValueError, "k is empty"),
+    ],
+)
+def test_cross_attention_bad_input(q, k, v, exc, match):
+    with pytest.raises(exc, match=match):
+        kernels.cross_attention(q, k, v)
+
+
+def test_non_finite_scale_is_refused():
+    with pytest.raises(ValueError, match="scale must be finite"):
+        kernels.cross_attention(Q, Q, Q, scale=float("nan"))
+
+
+def test_compiled_module_checks_too():
+    """The extension itself refuses bad arrays (no crash) even when called directly."""
+    from diffdefect_edge import _kernels
+
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.fft_filter(np.zeros((1, 2, 8, 16), np.float32)[..., ::2], M2, 0)
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.cross_attention(Q.astype(np.float64), Q, Q, 1.0, 0)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        _kernels.fft_filter(X4, np.zeros((7, 5), np.float32), 0)
+
+
+def test_every_isa_variant_agrees():
+    """DDE_KERNEL_ISA=generic forces the portable variant: it must give the same results."""
+    code = ("import numpy as np; from diffdefect_edge import kernels, _kernels\n"
+            "r = np.random.default_rng(0); x = r.standard_normal((2, 3, 21, 26)).astype(np.float32)\n"
+            "m = r.random((3, 21, 14)).astype(np.float32); q = r.standard_normal((1, 2, 37, 48)).astype(np.float32)\n"
+            "import sys; sys.stdout.buffer.write(np.concatenate([kernels.fft_filter(x, m).ravel(), "
+            "kernels.cross_attention(q, q, q).ravel(), [len(_kernels.cpu_isa())]]).astype(np.float32).tobytes())\n")
+    outs = {}
+    for isa in ("generic", "native"):
+        env = {**os.environ, "DDE_KERNEL_ISA": isa}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, cwd=REPO, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        outs[isa] = np.frombuffer(proc.stdout, np.float32)
+    assert outs["generic"][-1] == len("generic")  # the variable really switched the variant
+    np.testing.assert_allclose(outs["generic"][:-1], outs["native"][:-1], atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+
+needs_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA device")
+    return torch
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (8, 64, 80, 80), (1, 2, 200, 200)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_cuda_fft_filter_matches_reference(shape, per_channel):
+    torch = _torch_cuda()
+    x, mask = _fft_case(shape, per_channel)
+    y = kernels.fft_filter(torch.from_numpy(x).cuda(), torch.from_numpy(mask).cuda())
+    assert y.is_cuda
+    assert rel_err(y.cpu().numpy(), fft_reference(x, mask)) < 1e-5
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_cuda_cross_attention_matches_reference(d):
+    torch = _torch_cuda()
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((2, 3, 77, d), (2, 3, 45, d), (2, 3, 45, d)))
+    out = kernels.cross_attention(*(torch.from_numpy(a).cuda() for a in (q, k, v)))
+    np.testing.assert_allclose(out.cpu().numpy(), attention_reference(q, k, v, 1 / np.sqrt(d)), atol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_wrong_device_and_layout_are_refused():
+    torch = _torch_cuda()
+    x = torch.zeros(1, 2, 8, 8, device="cuda")
+    with pytest.raises(ValueError, match="wrong device"):
+        kernels.fft_filter(x, M2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.fft_filter(x.transpose(2, 3), torch.zeros(8, 5, device="cuda"))
+    with pytest.raises(TypeError, match="float32"):
+        kernels.fft_filter(x.double(), torch.zeros(8, 5, device="cuda"))
