@@ -1,0 +1,108 @@
+"""Kernel speed against what a user would otherwise call, measured in one run, checked as ratios.
+
+    python -m pytest benchmarks/test_kernels.py --benchmark-json=benchmarks/kernels.json
+    python benchmarks/report.py benchmarks/kernels.json
+
+Targets (CPU): fft_filter <= 0.33 of torch.fft at every shape; cross_attention <= 0.70 of torch's SDPA;
+cross_attention at Lq = Lk = 16384, D = 32 grows peak RSS by < 64 MB.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from diffdefect_edge import kernels  # noqa: E402
+
+FFT_SHAPES = [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)]
+ATTN_SHAPES = [(8, 4, 1600, 400, 32), (8, 8, 400, 400, 32), (2, 4, 6400, 1600, 32)]
+FFT_TARGET, ATTN_TARGET = 0.33, 0.70
+MEDIANS: dict[tuple, float] = {}
+
+
+def _fft_inputs(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x, rng.random((shape[2], shape[3] // 2 + 1)).astype(np.float32)
+
+
+def _attn_inputs(shape):
+    b, h, lq, lk, d = shape
+    rng = np.random.default_rng(0)
+    return tuple(rng.standard_normal(s).astype(np.float32) for s in ((b, h, lq, d), (b, h, lk, d), (b, h, lk, d)))
+
+
+def _run(benchmark, key, fn):
+    benchmark.pedantic(fn, rounds=7, warmup_rounds=1, iterations=1)
+    MEDIANS[key] = benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("shape", FFT_SHAPES, ids=str)
+@pytest.mark.parametrize("impl", ["ours", "torch", "numpy"])
+def test_fft_filter(benchmark, shape, impl):
+    benchmark.group = f"fft_filter {shape}"
+    x, mask = _fft_inputs(shape)
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    fn = {
+        "ours": lambda: kernels.fft_filter(x, mask),
+        "torch": lambda: torch.fft.irfft2(torch.fft.rfft2(xt) * mt, s=shape[-2:]),
+        "numpy": lambda: np.fft.irfft2(np.fft.rfft2(x) * mask, s=shape[-2:]),
+    }[impl]
+    _run(benchmark, ("fft", shape, impl), fn)
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
+@pytest.mark.parametrize("impl", ["ours", "torch_sdpa"])
+def test_cross_attention(benchmark, shape, impl):
+    benchmark.group = f"cross_attention {shape}"
+    q, k, v = _attn_inputs(shape)
+    qt, kt, vt = map(torch.from_numpy, (q, k, v))
+    fn = {
+        "ours": lambda: kernels.cross_attention(q, k, v),
+        "torch_sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt),
+    }[impl]
+    _run(benchmark, ("attn", shape, impl), fn)
+
+
+def test_targets_as_ratios():
+    """Runs last: each kernel's median over the reference's median from this same run."""
+    lines, failures = [], []
+    for shape in FFT_SHAPES:
+        ratio = MEDIANS[("fft", shape, "ours")] / MEDIANS[("fft", shape, "torch")]
+        lines.append(f"fft_filter {shape}: {ratio:.3f} of torch.fft (target <= {FFT_TARGET})")
+        if ratio > FFT_TARGET:
+            failures.append(lines[-1])
+    for shape in ATTN_SHAPES:
+        ratio = MEDIANS[("attn", shape, "ours")] / MEDIANS[("attn", shape, "torch_sdpa")]
+        lines.append(f"cross_attention {shape}: {ratio:.3f} of SDPA (target <= {ATTN_TARGET})")
+        if ratio > ATTN_TARGET:
+            failures.append(lines[-1])
+    print("\n" + "\n".join(lines))
+    assert not failures, "targets missed:\n" + "\n".join(failures)
+
+
+def test_attention_memory_does_not_grow_with_lq_lk():
+    code = textwrap.dedent("""
+        import resource, numpy as np
+        from diffdefect_edge import kernels
+        r = np.random.default_rng(0)
+        q, k, v = (r.standard_normal((1, 1, 16384, 32)).astype(np.float32) for _ in range(3))
+        out = np.empty_like(q)
+        kernels.cross_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64])  # warm up threads and pools
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kernels.cross_attention(q, k, v, out=out)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) / 1024)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    growth_mb = float(proc.stdout.strip())
+    print(f"\ncross_attention Lq = Lk = 16384, D = 32: peak RSS growth {growth_mb:.1f} MB (target < 64 MB; "
+          f"a materialised score matrix would be {16384 * 16384 * 4 / 2**20:.0f} MB)")
+    assert growth_mb < 64
