@@ -142,3 +142,15 @@ def test_detect_format_and_unknown_layout(tmp_path: Path, neu_like: Path):
         load_dataset(tmp_path / "nope")
     with pytest.raises(ValueError, match="on_error"):
         load_dataset(neu_like, on_error="ignore")
+
+
+def test_each_loader_refuses_an_unknown_on_error_mode(tmp_path: Path, neu_like: Path):
+    from training.data.coco import load_coco
+    from training.data.tianchi import load_tianchi
+    from training.data.voc import load_voc
+    from training.data.yolo import load_yolo
+
+    for load, path in ((load_voc, neu_like), (load_coco, make_coco(tmp_path / "c")),
+                       (load_yolo, make_yolo(tmp_path / "y")), (load_tianchi, make_tianchi(tmp_path / "t"))):
+        with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip', got 'ignore'"):
+            load(path, on_error="ignore")

@@ -65,16 +65,14 @@ def load_coco(path: str | Path, image_dir: str | Path | None = None, on_error: s
     if orphans:
         raise DatasetError(json_path, f"annotations refer to unknown image id(s) {sorted(orphans)[:5]}")
 
-    report = SkipReport()
+    report = SkipReport(on_error)
     records = []
     for img in images:
         try:
             records.append(_to_record(json_path, img, per_image.get(img.get("id"), []), image_dir,
                                       cat_index, keep_crowd))
         except DatasetError as err:
-            if on_error == "raise":
-                raise
-            report.add(err)
+            report.handle(err)
     return Dataset(records=records, class_names=names, root=root, format="coco", skip_report=report)
 
 

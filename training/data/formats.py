@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.data.coco import find_coco_json, load_coco
-from training.data.records import Dataset, DatasetError
+from training.data.records import Dataset, DatasetError, check_on_error
 from training.data.tianchi import find_tianchi_json, load_tianchi
 from training.data.voc import find_annotation_dir, load_voc
 from training.data.yolo import load_yolo
@@ -32,8 +32,7 @@ def detect_format(path: str | Path) -> str:
 def load_dataset(path: str | Path, format: str = "auto", class_names: list[str] | None = None,
                  on_error: str = "raise") -> Dataset:
     """Load any supported layout into records + class names. ``on_error="skip"`` reports what it skips."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_on_error(on_error)
     fmt = detect_format(path) if format == "auto" else format
     if fmt == "voc":
         return load_voc(path, class_names=class_names, on_error=on_error)

@@ -51,13 +51,30 @@ class Record:
         return len(self.boxes)
 
 
+ON_ERROR_MODES = ("raise", "skip")
+
+
+def check_on_error(on_error: str) -> str:
+    """``on_error`` itself, or ValueError when it is not "raise" or "skip"."""
+    if on_error not in ON_ERROR_MODES:
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    return on_error
+
+
 @dataclass
 class SkipReport:
-    """What an ``on_error="skip"`` load left out, and why."""
+    """What a load left out, and why. ``on_error="raise"`` re-raises each error; ``"skip"`` records it."""
 
+    on_error: str = "raise"
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, err: DatasetError) -> None:
+    def __post_init__(self) -> None:
+        check_on_error(self.on_error)
+
+    def handle(self, err: DatasetError) -> None:
+        """Raise ``err`` (mode "raise") or record it and go on (mode "skip")."""
+        if self.on_error == "raise":
+            raise err
         self.skipped.append((err.path, err.problem))
         log.warning("skipping %s: %s", err.path, err.problem)
 

@@ -50,13 +50,10 @@ def load_tianchi(path: str | Path, image_dir: str | Path | None = None, class_na
     names = class_names or sorted({d for objs in per_image.values() for d, _ in objs})
     images = index_images_by_stem(Path(image_dir))
     by_name = {p.name: p for p in images.values()}
-    report = SkipReport()
+    report = SkipReport(on_error)
     for name in per_image:
         if name not in by_name:
-            err = DatasetError(Path(image_dir) / name, f"image file is missing (listed in {json_path.name})")
-            if on_error == "raise":
-                raise err
-            report.add(err)
+            report.handle(DatasetError(Path(image_dir) / name, f"image file is missing (listed in {json_path.name})"))
     records = []
     for image_name, image_path in sorted(by_name.items()):
         try:
@@ -68,7 +65,5 @@ def load_tianchi(path: str | Path, image_dir: str | Path | None = None, class_na
             ids = np.array([class_index(where, d, names) for d, _ in objs], dtype=np.int64)
             records.append(Record(image_path.stem, image_path, width, height, boxes, ids))
         except DatasetError as err:
-            if on_error == "raise":
-                raise
-            report.add(err)
+            report.handle(err)
     return Dataset(records=records, class_names=list(names), root=root, format="tianchi", skip_report=report)

@@ -17,7 +17,7 @@ from training.data.images import image_size, index_images_by_stem
 from training.data.records import Dataset, DatasetError, Record, SkipReport, class_index, validate_boxes
 
 ANNOTATION_DIRS = ("Annotations", "ANNOTATIONS", "annotations", "lable", "label", "labels", "xml")
-IMAGE_DIRS = ("JPEGImages", "IMAGES", "images", "Images", "JPEGImages")
+IMAGE_DIRS = ("JPEGImages", "IMAGES", "images", "Images")
 MASK_DIRS = ("SegmentationClass", "masks")
 CLASSES_FILE = "classes.txt"
 
@@ -68,8 +68,7 @@ def load_voc(root: str | Path, class_names: list[str] | None = None, on_error: s
     ``on_error="skip"`` leaves out bad records and reports each in ``dataset.skip_report``.
     """
     root = Path(root)
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    report = SkipReport(on_error)  # checks on_error before any file is read
     ann_dir = find_annotation_dir(root)
     if ann_dir is None:
         raise DatasetError(root, f"no VOC annotation folder with .xml files (looked for {', '.join(ANNOTATION_DIRS)})")
@@ -78,15 +77,12 @@ def load_voc(root: str | Path, class_names: list[str] | None = None, on_error: s
     exclude = tuple(p for p in (ann_dir, mask_dir) if p is not None)
     images = index_images_by_stem(image_root, exclude=exclude)
 
-    report = SkipReport()
     parsed: list[tuple[Path, list[tuple[str, list[float]]]]] = []
     for xml_path in sorted(ann_dir.glob("*.xml")):
         try:
             parsed.append((xml_path, _parse_xml(xml_path)))
         except DatasetError as err:
-            if on_error == "raise":
-                raise
-            report.add(err)
+            report.handle(err)
 
     names = class_names or read_class_names(root) or sorted({n for _, objs in parsed for n, _ in objs})
     records: list[Record] = []
@@ -94,9 +90,7 @@ def load_voc(root: str | Path, class_names: list[str] | None = None, on_error: s
         try:
             records.append(_to_record(xml_path, objects, images, names, mask_dir))
         except DatasetError as err:
-            if on_error == "raise":
-                raise
-            report.add(err)
+            report.handle(err)
     return Dataset(records=records, class_names=list(names), root=root, format="voc", skip_report=report)
 
 

@@ -45,21 +45,16 @@ def load_yolo(root: str | Path, class_names: list[str] | None = None, on_error: 
         raise DatasetError(root, "no class names (data.yaml, classes.txt or class_names=...)")
     images = index_images_by_stem(image_dir)
     labels = {p.stem: p for p in sorted(label_dir.rglob("*.txt"))}
-    report = SkipReport()
+    report = SkipReport(on_error)
     for stem, label_path in labels.items():
         if stem not in images:
-            err = DatasetError(label_path, f"no image with stem {stem!r} for this label file (image missing)")
-            if on_error == "raise":
-                raise err
-            report.add(err)
+            report.handle(DatasetError(label_path, f"no image with stem {stem!r} for this label file (image missing)"))
     records = []
     for stem, image_path in images.items():
         try:
             records.append(_to_record(stem, image_path, labels.get(stem), names))
         except DatasetError as err:
-            if on_error == "raise":
-                raise
-            report.add(err)
+            report.handle(err)
     return Dataset(records=records, class_names=list(names), root=root, format="yolo", skip_report=report)
 
 
