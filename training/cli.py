@@ -48,6 +48,67 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.data import split_dataset
+    from training.distributed import barrier, cleanup, init_distributed
+    from training.train import Trainer
+
+    config = load_config(args.config)
+    if args.epochs is not None:
+        config.train.epochs = args.epochs
+    run_dir = Path(args.out)
+    dist_info = init_distributed()
+    if args.data:
+        data_dir = Path(args.data)
+    elif config.data.source == "synthetic":
+        data_dir = run_dir / "data" / "synthetic"
+        if dist_info.is_main and not (data_dir / "synth.json").is_file():
+            s = config.data.synthetic
+            write_synthetic_dataset(data_dir, SynthConfig(
+                num_images=s.num_images, size=s.size, seed=config.seed, contrast=s.contrast,
+                max_defects=s.max_defects, background_fraction=s.background_fraction), overwrite=True)
+        barrier(dist_info)
+    else:
+        data_dir = Path(config.data.source)
+    cfg = config.data
+    dataset = load_dataset(data_dir, format=cfg.format, class_names=cfg.class_names, on_error=cfg.on_error)
+    train, val = split_dataset(dataset, cfg.val_fraction, seed=config.seed)
+    info = {"path": str(data_dir.resolve()), "format": cfg.format}
+    try:
+        result = Trainer(config, train, val, run_dir, resume=True if args.resume else False, dataset_info=info).fit()
+    finally:
+        cleanup(dist_info)
+    if dist_info.is_main:
+        print(f"trained {result.epochs} epochs ({result.seconds_per_epoch:.1f} s/epoch, {result.world_size} "
+              f"process(es)); best epoch {result.best_epoch}: mAP50 {result.best_metrics.get('map50', 0):.4f} "
+              f"mAP50:95 {result.best_metrics.get('map50_95', 0):.4f}")
+        print(f"run directory: {run_dir.resolve()}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_package
+
+    pkg = export_package(args.run, args.out, int8=args.int8, fp16=args.fp16, weights=args.weights,
+                         calibration_images=args.calibration_images, calib_data=args.calib_data,
+                         overwrite=args.overwrite)
+    print(f"wrote package {pkg.path}: " + ", ".join(f"{m.backend}/{m.precision}" for m in pkg.models))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_package
+
+    backends = tuple(args.backends.split(","))
+    summary = evaluate_package(args.package, args.data, args.out, split_file=args.split, subset=args.subset,
+                               backends=backends, latency_runs=args.latency_runs)
+    for key, res in summary["models"].items():
+        print(f"{key:18s} mAP50 {res['map50']:.4f}  mAP50:95 {res['map50_95']:.4f}  "
+              f"latency {res['latency']['median_ms']:.2f} ms")
+    print(f"report: {Path(args.out).resolve() / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description="diffdefect-edge training")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -80,6 +141,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--force", action="store_true", help="rerun stages even if done with this config")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train the detector (also under torchrun --nproc-per-node N)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="export a training run into a model package")
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--out", required=True, help="package directory to write")
+    p.add_argument("--int8", action="store_true", help="add an INT8 OpenVINO IR (NNCF, calibrated on train images)")
+    p.add_argument("--fp16", action="store_true", help="add an FP16-compressed OpenVINO IR")
+    p.add_argument("--weights", default="best", choices=("best", "last"))
+    p.add_argument("--calibration-images", type=int, default=200)
+    p.add_argument("--calib-data", help="dataset folder for INT8 calibration (default: the run's training data)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out package")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("eval", help="evaluate a model package on a dataset: metrics.json + report.md")
+    p.add_argument("--package", required=True)
+    p.add_argument("--data", required=True, help="dataset folder (any supported format)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--split", help="split.json (from a run's data stage) to evaluate one subset")
+    p.add_argument("--subset", default="val")
+    p.add_argument("--backends", default="openvino,onnxruntime", help="comma-separated backends to evaluate")
+    p.add_argument("--latency-runs", type=int, default=50)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -89,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (DatasetError, ConfigError, FileExistsError, ValueError) as exc:
+    except (DatasetError, ConfigError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

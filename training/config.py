@@ -38,10 +38,87 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    size: str = "n"  # width/depth multipliers: n (~1.3 M parameters), s (~5 M), m (~14 M)
+    input_size: int = 224  # square canvas, multiple of 32
+    reg_max: int = 16  # box bins per side (distribution focal loss); 1 = direct distances
+    seg_head: str = "auto"  # "auto" (when the dataset has masks), "on" or "off"
+
+    def __post_init__(self) -> None:
+        if self.size not in ("n", "s", "m"):
+            raise ConfigError(f"model.size must be 'n', 's' or 'm', got {self.size!r}")
+        if self.input_size < 64 or self.input_size % 32:
+            raise ConfigError(f"model.input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+        if self.reg_max < 1:
+            raise ConfigError(f"model.reg_max must be >= 1, got {self.reg_max}")
+        if self.seg_head not in ("auto", "on", "off"):
+            raise ConfigError(f"model.seg_head must be 'auto', 'on' or 'off', got {self.seg_head!r}")
+
+
+@dataclass
+class AugmentSection:
+    hflip: float = 0.5
+    vflip: float = 0.5
+    scale: tuple[float, float] = (0.75, 1.25)
+    translate: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 16
+    optimizer: str = "adamw"  # or "sgd"
+    lr: float = 0.002
+    weight_decay: float = 0.05
+    momentum: float = 0.937  # SGD momentum / AdamW beta1
+    warmup_epochs: float = 2.0
+    final_lr_ratio: float = 0.05  # cosine decays lr to lr * final_lr_ratio
+    ema: bool = True
+    ema_decay: float = 0.999
+    ema_tau: float = 200.0  # EMA warm-up in updates
+    cls_loss: str = "varifocal"  # or "bce"
+    box_loss: str = "ciou"  # "giou", "ciou" or "iou"
+    eval_every: int = 5  # epochs between validation mAP runs (the last epoch always runs one)
+    workers: int = 0  # DataLoader worker processes
+    cache_images: bool = True  # keep decoded images in memory
+    num_threads: int = 0  # torch threads per process; 0 = cores / processes
+    augment: AugmentSection = field(default_factory=AugmentSection)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "train.epochs must be >= 1"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.optimizer in ("adamw", "sgd"), "train.optimizer must be 'adamw' or 'sgd'"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (self.cls_loss in ("bce", "varifocal"), "train.cls_loss must be 'bce' or 'varifocal'"),
+            (self.box_loss in ("iou", "giou", "ciou"), "train.box_loss must be 'iou', 'giou' or 'ciou'"),
+            (self.eval_every >= 1, "train.eval_every must be >= 1"),
+            (0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class ExportConfig:
+    int8: bool = True  # NNCF post-training quantization of the OpenVINO IR
+    fp16: bool = False  # also write an FP16-compressed IR
+    calibration_images: int = 200
+    conf: float = 0.25  # default thresholds written into the package
+    iou: float = 0.5
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,7 +141,10 @@ def _build(cls: type, values: Any, where: str) -> Any:
     kwargs = {}
     for key, val in values.items():
         kwargs[key] = _coerce(hints[key], val, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _coerce(tp: Any, val: Any, where: str) -> Any:

@@ -1,7 +1,12 @@
 """The main job: resumable stages writing under one run directory.
 
 Each stage records the hash of the config sections it depends on in ``RUN/<stage>/stage.json``; a rerun
-with the same hash skips it. Stages so far: ``data`` (synthesize or load, validate, split, statistics).
+with the same hash skips it. Stages so far:
+
+    data      synthesize or load, validate, split, statistics      -> RUN/data/{split,stats}.json
+    baseline  the student detector trained alone (resumes if cut)   -> RUN/baseline/weights/*.safetensors
+    export    OpenVINO FP32/INT8 IR, ONNX, torch.export + metadata   -> RUN/package/
+    eval      the package on the validation split, every precision  -> RUN/report/{metrics.json,report.md}
 """
 
 from __future__ import annotations
@@ -79,8 +84,44 @@ def stage_data(ctx: RunContext) -> dict[str, Any]:
             "num_boxes": stats["all"]["num_boxes"], "boxes_per_class": stats["all"]["boxes_per_class"]}
 
 
+def stage_baseline(ctx: RunContext) -> dict[str, Any]:
+    from training.train import Trainer
+
+    train, val = load_split(ctx)
+    info = {"path": str(dataset_path(ctx).resolve()), "format": ctx.config.data.format}
+    result = Trainer(ctx.config, train, val, ctx.stage_dir("baseline"), resume="auto", dataset_info=info).fit()
+    return {"best_epoch": result.best_epoch, "map50": result.best_metrics.get("map50"),
+            "map50_95": result.best_metrics.get("map50_95"), "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+            "parameters": result.parameters}
+
+
+def stage_export(ctx: RunContext) -> dict[str, Any]:
+    from training.export import export_package
+
+    cfg = ctx.config.export
+    pkg = export_package(ctx.stage_dir("baseline"), ctx.stage_dir("package"), int8=cfg.int8, fp16=cfg.fp16,
+                         calibration_images=cfg.calibration_images, calib_data=dataset_path(ctx), overwrite=True)
+    return {"package": str(pkg.path), "models": [f"{m.backend}/{m.precision}" for m in pkg.models]}
+
+
+def stage_eval(ctx: RunContext) -> dict[str, Any]:
+    from training.evaluate import evaluate_package
+
+    summary = evaluate_package(ctx.stage_dir("package"), dataset_path(ctx), ctx.stage_dir("report"),
+                               split_file=ctx.stage_dir("data") / "split.json", subset="val")
+    out = {"map50": round(summary["map50"], 4), "map50_95": round(summary["map50_95"], 4),
+           "report": str(ctx.stage_dir("report") / "report.md")}
+    if "int8_vs_fp32" in summary:
+        out["int8_vs_fp32"] = summary["int8_vs_fp32"]
+    return out
+
+
+TRAIN_SECTIONS = ("data", "model", "train")
 STAGES: list[Stage] = [
     Stage("data", ("data",), stage_data),
+    Stage("baseline", TRAIN_SECTIONS, stage_baseline),
+    Stage("export", TRAIN_SECTIONS + ("export",), stage_export),
+    Stage("eval", TRAIN_SECTIONS + ("export",), stage_eval),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

@@ -1,0 +1,50 @@
+"""Runtime backends: one class per runtime behind :class:`Backend`. Each imports its runtime lazily."""
+
+from __future__ import annotations
+
+from diffdefect_edge.backends.base import Backend, BackendError, RawOutput
+from diffdefect_edge.package import ModelPackage
+
+BACKENDS = ("openvino", "onnxruntime", "torch")
+# which package model files each backend reads
+_FILE_KIND = {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}
+
+
+def _backend_class(name: str) -> type[Backend]:
+    if name == "openvino":
+        from diffdefect_edge.backends.openvino import OpenVINOBackend
+        return OpenVINOBackend
+    if name == "onnxruntime":
+        from diffdefect_edge.backends.onnxruntime import ONNXRuntimeBackend
+        return ONNXRuntimeBackend
+    if name == "torch":
+        from diffdefect_edge.backends.torch import TorchBackend
+        return TorchBackend
+    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
+
+
+def resolve_backend(package: ModelPackage, backend: str, device: str, precision: str) -> str:
+    """``auto``: torch for device 'cuda' when a program is packaged, else OpenVINO, else ONNX Runtime."""
+    if backend != "auto":
+        return backend
+    kinds = {(m.backend, m.precision) for m in package.models}
+    if device.lower().startswith("cuda"):
+        if ("torch", precision) in kinds:
+            return "torch"
+        return "onnxruntime"
+    if ("openvino", precision) in kinds:
+        return "openvino"
+    if ("onnx", precision) in kinds:
+        return "onnxruntime"
+    raise BackendError(f"{package.path}: no OpenVINO or ONNX model in precision {precision!r}")
+
+
+def create_backend(package: ModelPackage, backend: str = "auto", device: str = "CPU", precision: str = "fp32",
+                   num_threads: int | None = None, mode: str = "latency") -> Backend:
+    name = resolve_backend(package, backend, device, precision)
+    cls = _backend_class(name)
+    model_file = package.model_file(_FILE_KIND[name], precision)
+    return cls(package, model_file, device, num_threads, mode)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "RawOutput", "create_backend", "resolve_backend"]

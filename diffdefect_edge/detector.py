@@ -1,0 +1,120 @@
+"""``Detector``: load a model package, pick a backend, and turn frames into :class:`Detections`.
+
+Per frame: validate -> letterbox (the package's rule) -> backend (which does or embeds the rest of the
+preprocessing) -> decode + class-aware NMS -> boxes mapped back to frame pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from diffdefect_edge.backends import Backend, RawOutput, create_backend
+from diffdefect_edge.detections import Detections
+from diffdefect_edge.package import ModelPackage, load_package
+from diffdefect_edge.postprocess import decode_detections
+from diffdefect_edge.preprocess import Letterbox, letterbox, to_bgr
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MODES = ("latency", "throughput")
+
+
+def _check_threshold(name: str, value: float | None) -> float | None:
+    if value is not None and not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return None if value is None else float(value)
+
+
+class Detector:
+    """A loaded model package, ready to detect defects.
+
+    >>> det = Detector("packages/quickstart")            # OpenVINO on CPU, FP32
+    >>> detections = det(frame)                          # BGR uint8 (H, W, 3) or gray
+    """
+
+    def __init__(self, package: str | Path | ModelPackage, backend: str = "auto", device: str = "CPU",
+                 precision: str = "fp32", conf: float | None = None, iou: float | None = None,
+                 mode: str = "latency", num_threads: int | None = None, max_det: int | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        self.package = package if isinstance(package, ModelPackage) else load_package(package)
+        defaults = self.package.defaults
+        self.conf = _check_threshold("conf", conf) if conf is not None else float(defaults["conf"])
+        self.iou = _check_threshold("iou", iou) if iou is not None else float(defaults["iou"])
+        self.max_det = int(max_det if max_det is not None else defaults.get("max_det", 300))
+        self.mode, self.precision = mode, precision
+        self.names = tuple(self.package.class_names)
+        self.input_size = self.package.input_size
+        self.pad_value = int(self.package.metadata["input"]["letterbox"]["pad_value"])
+        self.backend: Backend = create_backend(self.package, backend, device, precision, num_threads, mode)
+
+    def __repr__(self) -> str:
+        d = self.backend.describe()
+        return (f"Detector({self.package.path.name!r}, backend={d['backend']!r}, device={d['device']!r}, "
+                f"precision={d['precision']!r}, mode={self.mode!r}, classes={len(self.names)})")
+
+    # ---- steps ----
+    def prepare(self, frame: np.ndarray, color: str = "bgr") -> tuple[np.ndarray, Letterbox]:
+        """Validate one frame and letterbox it onto the model canvas."""
+        bgr = to_bgr(frame, color)
+        return letterbox(bgr, self.input_size, self.pad_value)
+
+    def postprocess(self, dets: np.ndarray, seg: np.ndarray | None, lb: Letterbox,
+                    meta: dict | None = None) -> Detections:
+        """One image's raw outputs -> Detections in frame pixels."""
+        boxes, scores, class_ids = decode_detections(dets, self.conf, self.iou, max_det=self.max_det)
+        if len(boxes) == 0:
+            return Detections.empty(self.names, meta)
+        xyxy = lb.boxes_to_frame(boxes)
+        masks = self._instance_masks(seg, lb, xyxy, class_ids) if seg is not None else None
+        return Detections(xyxy, scores, class_ids, self.names, masks, meta or {})
+
+    def _instance_masks(self, seg: np.ndarray, lb: Letterbox, xyxy: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+        """Segmentation logits (C + 1, S/8, S/8) -> one mask per box: its class's pixels inside the box."""
+        class_map = seg.argmax(0).astype(np.uint8)
+        canvas = cv2.resize(class_map, (self.input_size, self.input_size), interpolation=cv2.INTER_NEAREST)
+        new_w, new_h = round(lb.frame_width * lb.scale), round(lb.frame_height * lb.scale)
+        region = canvas[lb.pad_y:lb.pad_y + max(1, new_h), lb.pad_x:lb.pad_x + max(1, new_w)]
+        frame_map = cv2.resize(region, (lb.frame_width, lb.frame_height), interpolation=cv2.INTER_NEAREST)
+        masks = np.zeros((len(xyxy), lb.frame_height, lb.frame_width), dtype=bool)
+        for i, (box, cid) in enumerate(zip(xyxy, class_ids)):
+            x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+            x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+            masks[i, y1:y2, x1:x2] = frame_map[y1:y2, x1:x2] == cid + 1
+        return masks
+
+    # ---- calls ----
+    def __call__(self, frame: np.ndarray, color: str = "bgr") -> Detections:
+        """Detect defects in one frame (BGR uint8 (H, W, 3), or gray; ``color="rgb"`` for RGB input)."""
+        start = time.perf_counter()
+        canvas, lb = self.prepare(frame, color)
+        dets, seg = self.backend.infer(canvas[None])
+        out = self.postprocess(dets[0], None if seg is None else seg[0], lb)
+        out.meta["latency_ms"] = round((time.perf_counter() - start) * 1e3, 3)
+        return out
+
+    def predict_batch(self, frames: Iterable[np.ndarray], color: str = "bgr") -> list[Detections]:
+        """Detect in several frames with one batched inference (frames may differ in size)."""
+        prepared = [self.prepare(f, color) for f in frames]
+        if not prepared:
+            return []
+        raw: RawOutput = self.backend.infer(np.stack([c for c, _ in prepared]))
+        dets, seg = raw
+        return [self.postprocess(dets[i], None if seg is None else seg[i], lb) for i, (_, lb) in enumerate(prepared)]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

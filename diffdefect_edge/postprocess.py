@@ -1,0 +1,75 @@
+"""Decoding of the exported model's output and non-maximum suppression (numpy only).
+
+Every exported model returns ``detections`` of shape (N, A, 4 + C): for each of the A anchor points of the
+stride-8/16/32 grids, a box xyxy in canvas pixels and C per-class probabilities (already sigmoid). Optional
+``segmentation`` logits (N, C + 1, S/8, S/8) have class 0 = background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box against (M, 4) boxes."""
+    ix1 = np.maximum(box[0], boxes[:, 0])
+    iy1 = np.maximum(box[1], boxes[:, 1])
+    ix2 = np.minimum(box[2], boxes[:, 2])
+    iy2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU matrix of xyxy boxes."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS; indices of the kept boxes, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        if order.size == 1:
+            break
+        rest = order[1:]
+        order = rest[box_iou_one_to_many(boxes[i], boxes[rest]) <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Class-aware NMS: boxes of different classes never suppress each other."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    offset = (boxes.max() + 1.0) * class_ids.astype(np.float32)[:, None]
+    return nms(boxes + offset, scores, iou_threshold)
+
+
+def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: int = 3000,
+                      max_det: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw output (A, 4 + C) -> (boxes xyxy canvas px, scores, class ids) after NMS.
+
+    Multi-label: an anchor may yield one box per class whose probability exceeds ``conf``.
+    """
+    if raw.ndim != 2 or raw.shape[1] < 5:
+        raise ValueError(f"model output must be (A, 4 + C) per image, got shape {raw.shape}")
+    boxes, probs = raw[:, :4], raw[:, 4:]
+    anchor_idx, class_ids = np.nonzero(probs > conf)
+    scores = probs[anchor_idx, class_ids]
+    if scores.size > max_candidates:
+        top = np.argpartition(-scores, max_candidates)[:max_candidates]
+        anchor_idx, class_ids, scores = anchor_idx[top], class_ids[top], scores[top]
+    cand = boxes[anchor_idx].astype(np.float32)
+    keep = batched_nms(cand, scores, class_ids, iou)[:max_det]
+    return cand[keep], scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)

@@ -1,0 +1,112 @@
+"""Frame checks and the letterbox rule, shared by training, export and the runtime.
+
+The letterbox rule: scale the frame by ``min(S / h, S / w)`` (never above ``max_upscale``), resize with
+bilinear interpolation to ``round(w * scale) x round(h * scale)``, and pad it centred in an S x S canvas filled
+with ``pad_value``. :class:`Letterbox` keeps the numbers needed to map boxes back to frame pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+# what the models take: RGB, (x - MEAN) / STD per channel (i.e. x / 255)
+MEAN = (0.0, 0.0, 0.0)
+STD = (255.0, 255.0, 255.0)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one frame was placed on the model canvas: ``canvas = frame * scale + (pad_x, pad_y)``."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    frame_width: int
+    frame_height: int
+
+    def boxes_to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """Map (N, 4) xyxy boxes from canvas pixels back to frame pixels, clipped to the frame."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.frame_width)
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.frame_height)
+        return out
+
+    def boxes_to_canvas(self, boxes: np.ndarray) -> np.ndarray:
+        """Map (N, 4) xyxy boxes from frame pixels to canvas pixels."""
+        out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * self.scale
+        out[:, [0, 2]] += self.pad_x
+        out[:, [1, 3]] += self.pad_y
+        return out
+
+
+def letterbox_params(width: int, height: int, size: int) -> Letterbox:
+    scale = min(size / width, size / height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return Letterbox(scale=scale, pad_x=(size - new_w) // 2, pad_y=(size - new_h) // 2,
+                     frame_width=width, frame_height=height)
+
+
+def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE,
+              interpolation: int = cv2.INTER_LINEAR, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Place ``image`` (H, W[, C] uint8) on a ``size`` x ``size`` canvas; returns the canvas and the placement."""
+    h, w = image.shape[:2]
+    lb = letterbox_params(w, h, size)
+    new_w, new_h = max(1, round(w * lb.scale)), max(1, round(h * lb.scale))
+    resized = image if (new_w, new_h) == (w, h) else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    shape = (size, size) + image.shape[2:]
+    if out is None or out.shape != shape or out.dtype != image.dtype:
+        out = np.empty(shape, dtype=image.dtype)
+    if (new_w, new_h) != (size, size):
+        out[...] = pad_value
+    if resized.ndim < out.ndim:
+        resized = resized.reshape(resized.shape + (1,))
+    out[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w] = resized
+    return out, lb
+
+
+def to_bgr(frame: object, color: str = "bgr", name: str = "frame") -> np.ndarray:
+    """Check a frame and return it as a C-contiguous BGR uint8 (H, W, 3) array.
+
+    Accepts BGR (or RGB with ``color="rgb"``) uint8 (H, W, 3), gray (H, W) or (H, W, 1), C-contiguous. Anything else raises
+    ValueError saying what was expected (the caller's frame is never modified).
+    """
+    expected = "a uint8 numpy array of shape (H, W, 3) BGR, (H, W) or (H, W, 1) gray"
+    if color not in ("bgr", "rgb"):
+        raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
+    if frame is None:
+        raise ValueError(f"{name} is None; expected {expected} (did the camera return no frame?)")
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"{name} is a {type(frame).__name__}; expected {expected}")
+    if frame.size == 0:
+        raise ValueError(f"{name} is empty (shape {frame.shape}); expected {expected}")
+    if frame.dtype != np.uint8:
+        if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
+            raise ValueError(f"{name} has NaN or infinite values (dtype {frame.dtype}); expected {expected}")
+        raise ValueError(f"{name} has dtype {frame.dtype}; expected {expected}")
+    if not frame.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous (a view with strides {frame.strides}); pass "
+                         f"np.ascontiguousarray({name}) instead; expected {expected}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{name} has shape {frame.shape}; expected {expected}")
+    if color == "rgb":
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    return frame
+
+
+def normalize_nchw(canvases: np.ndarray, mean: list[float], std: list[float], rgb: bool = True) -> np.ndarray:
+    """(N, S, S, 3) BGR uint8 canvases -> (N, 3, S, S) float32 the model takes: RGB, ``(x - mean) / std``."""
+    x = canvases[..., ::-1] if rgb else canvases
+    x = x.transpose(0, 3, 1, 2).astype(np.float32)
+    mean_a = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    std_a = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean_a) / std_a)

@@ -1,0 +1,125 @@
+"""The detector family: sizes, outputs, features, assignment and losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.models import DefectDetector, DetectorSpec, count_parameters, make_anchors
+from training.models.assigner import TaskAlignedAssigner
+from training.models.boxes import aligned_iou, pairwise_iou
+from training.models.loss import DetectionLoss
+
+
+def test_sizes_have_the_documented_parameter_counts():
+    n = count_parameters(DefectDetector(DetectorSpec(6, "n")))
+    s = count_parameters(DefectDetector(DetectorSpec(6, "s")))
+    assert 1.0e6 <= n <= 2.0e6
+    assert s > 2 * n
+
+
+@pytest.mark.parametrize("reg_max", [16, 1])
+def test_outputs_and_neck_features(reg_max):
+    model = DefectDetector(DetectorSpec(3, "n", reg_max=reg_max, seg_head=True)).eval()
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        out = model(x)
+    anchors = (128 // 8) * (96 // 8) + (128 // 16) * (96 // 16) + (128 // 32) * (96 // 32)
+    assert out.cls_logits.shape == (2, anchors, 3)
+    assert out.box_dist.shape == (2, anchors, 4 * reg_max)
+    assert out.seg_logits.shape == (2, 4, 16, 12)
+    assert [f.shape[-1] for f in out.features] == [12, 6, 3]
+    assert [f.shape[1] for f in out.features] == model.feature_channels
+    feats = model.neck_features(x)
+    assert all(torch.allclose(a, b) for a, b in zip(feats, out.features))
+
+
+def test_fuse_hook_rewrites_features_before_the_heads():
+    model = DefectDetector(DetectorSpec(2, "n")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)
+        shifted = model(x, fuse=lambda feats: [f + 5.0 for f in feats])
+    assert not torch.allclose(plain.cls_logits, shifted.cls_logits)
+    assert torch.allclose(shifted.features[0], plain.features[0] + 5.0)
+
+
+def test_bad_specs_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="size"):
+        DetectorSpec(6, "xl")
+    with pytest.raises(ValueError, match="num_classes"):
+        DetectorSpec(0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        DefectDetector(DetectorSpec(2))(torch.zeros(1, 3, 100, 96))
+
+
+def test_box_iou_variants_match_hand_computed_values():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    assert pairwise_iou(a, b).item() == pytest.approx(1 / 7)
+    # enclosing box 3x3 = 9, union 7 -> GIoU = 1/7 - 2/9
+    assert aligned_iou(a, b, "giou").item() == pytest.approx(1 / 7 - 2 / 9, abs=1e-6)
+    # same aspect ratio: CIoU = IoU - centre distance^2 / diagonal^2 = 1/7 - 2/18
+    assert aligned_iou(a, b, "ciou").item() == pytest.approx(1 / 7 - 2 / 18, abs=1e-6)
+    assert aligned_iou(a, a, "ciou").item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_assigner_picks_anchors_inside_the_box_and_scales_targets_by_quality():
+    anchors, _ = make_anchors(64)
+    a = len(anchors)
+    gt = torch.tensor([[[8.0, 8.0, 40.0, 40.0], [0, 0, 0, 0]]])
+    labels = torch.tensor([[1, 0]])
+    valid = torch.tensor([[True, False]])
+    pred_boxes = gt[:, :1].expand(1, a, 4).clone()  # every anchor predicts the box exactly
+    scores = torch.full((1, a, 2), 0.5)
+    asg = TaskAlignedAssigner(topk=5)(scores, pred_boxes, anchors, labels, gt, valid)
+    fg = asg.fg_mask[0]
+    assert fg.sum() == 5
+    centres = anchors[fg]
+    assert torch.all((centres > 8) & (centres < 40))
+    assert torch.allclose(asg.target_scores[0, fg, 1].max(), torch.tensor(1.0))  # best anchor: the box's IoU
+    assert torch.all(asg.target_scores[0, fg, 1] > 0)
+    assert torch.all(asg.target_scores[0, fg, 0] == 0)
+    assert torch.all(asg.target_scores[0, ~fg] == 0)
+
+
+def test_padding_boxes_never_get_anchors():
+    anchors, _ = make_anchors(64)
+    gt = torch.zeros(1, 3, 4)
+    asg = TaskAlignedAssigner()(torch.rand(1, len(anchors), 2), torch.rand(1, len(anchors), 4) * 64, anchors,
+                                torch.zeros(1, 3, dtype=torch.long), gt, torch.zeros(1, 3, dtype=torch.bool))
+    assert not asg.fg_mask.any()
+
+
+@pytest.mark.parametrize("cls_loss,box_loss", [("varifocal", "ciou"), ("bce", "giou")])
+def test_loss_is_finite_and_training_steps_reduce_it(cls_loss, box_loss):
+    torch.manual_seed(0)
+    model = DefectDetector(DetectorSpec(2, "n", seg_head=True))
+    loss_fn = DetectionLoss(2, 16, 64, cls_loss, box_loss)
+    batch = {"boxes": torch.tensor([[[8.0, 8.0, 40.0, 30.0]], [[20.0, 24.0, 60.0, 60.0]]]),
+             "labels": torch.tensor([[0], [1]]), "valid": torch.ones(2, 1, dtype=torch.bool),
+             "masks": torch.zeros(2, 64, 64, dtype=torch.uint8)}
+    batch["masks"][0, 8:30, 8:40] = 1
+    x = torch.randn(2, 3, 64, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss, parts = loss_fn(model(x), batch)
+        assert math.isfinite(float(loss.detach())) and set(parts) == {"box", "cls", "dfl", "seg"}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_loss_without_boxes_is_classification_only():
+    model = DefectDetector(DetectorSpec(2, "n"))
+    loss_fn = DetectionLoss(2, 16, 64)
+    batch = {"boxes": torch.zeros(1, 1, 4), "labels": torch.zeros(1, 1, dtype=torch.long),
+             "valid": torch.zeros(1, 1, dtype=torch.bool)}
+    loss, parts = loss_fn(model(torch.randn(1, 3, 64, 64)), batch)
+    assert parts["box"] == 0 and parts["dfl"] == 0 and parts["cls"] > 0
+    loss.backward()

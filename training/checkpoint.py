@@ -1,0 +1,79 @@
+"""Checkpoints: weights in safetensors plus the model spec, class names and config as JSON metadata.
+
+Never a pickled model object: the detector is rebuilt from its :class:`DetectorSpec` and the weights loaded.
+Training state (optimizer, epoch, raw weights) lives beside it in a ``torch.save`` of plain tensors and
+numbers, read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from training.models import DefectDetector, DetectorSpec
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``state`` (tensors) with ``meta`` (JSON-able) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)}))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["meta"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a diffdefect-edge checkpoint (no metadata: {exc})") from None
+    except Exception as exc:  # safetensors raises its own error types for a broken header
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
+
+
+def load_detector(path: str | Path) -> tuple[DefectDetector, dict[str, Any]]:
+    """Rebuild the detector a checkpoint was saved from and load its weights (strict)."""
+    meta = read_meta(path)
+    try:
+        spec = DetectorSpec(**meta["spec"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata has no valid model spec ({exc})") from None
+    model = DefectDetector(spec)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model spec ({exc})") from None
+    return model.eval(), meta
+
+
+def checkpoint_meta(spec: DetectorSpec, class_names: list[str], config: dict[str, Any],
+                    **extra: Any) -> dict[str, Any]:
+    return {"spec": dataclasses.asdict(spec), "class_names": list(class_names), "config": config, **extra}
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    path = Path(path)
+    _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
