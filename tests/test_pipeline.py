@@ -18,14 +18,15 @@ def _tiny():
 
 
 def test_data_stage_splits_and_is_skipped_on_rerun(tmp_path: Path):
-    res = run_pipeline(_tiny(), tmp_path / "run")
+    res = run_pipeline(_tiny(), tmp_path / "run", stages=["data"])
+    assert set(res) == {"data"}
     assert res["data"]["num_train"] + res["data"]["num_val"] == 20
     split = json.loads((tmp_path / "run" / "data" / "split.json").read_text())
     assert not set(split["train"]) & set(split["val"])
-    again = run_pipeline(_tiny(), tmp_path / "run")
+    again = run_pipeline(_tiny(), tmp_path / "run", stages=["data"])
     assert again["data"]["skipped"]
     changed = config_from_dict({"name": "t", "data": {"synthetic": {"num_images": 25}}})
-    assert not run_pipeline(changed, tmp_path / "run")["data"].get("skipped")
+    assert not run_pipeline(changed, tmp_path / "run", stages=["data"])["data"].get("skipped")
     train, val = load_split(RunContext(changed, tmp_path / "run"))
     assert len(train) + len(val) == 25
 
@@ -38,6 +39,10 @@ def test_shipped_configs_parse():
 def test_config_errors_name_key_and_file(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"config\.data: unknown key\(s\) \['sourse'\]"):
         config_from_dict({"data": {"sourse": "x"}})
+    with pytest.raises(ConfigError, match="train.optimizer must be 'adamw' or 'sgd'"):
+        config_from_dict({"train": {"optimizer": "adam"}})
+    with pytest.raises(ConfigError, match="input_size must be a multiple of 32"):
+        config_from_dict({"model": {"input_size": 100}})
     with pytest.raises(ConfigError, match="seed: expected int"):
         config_from_dict({"seed": "zero"})
     bad = tmp_path / "bad.yaml"
@@ -46,3 +51,19 @@ def test_config_errors_name_key_and_file(tmp_path: Path):
         load_config(bad)
     with pytest.raises(ValueError, match="unknown stage"):
         run_pipeline(_tiny(), tmp_path / "r", stages=["nope"])
+
+
+def test_main_job_trains_exports_and_reports(tmp_path: Path, tiny_config_path: Path):
+    """data -> baseline -> export -> eval on the tiny config; a rerun skips every stage."""
+    config = load_config(tiny_config_path)
+    config.train.epochs = 3
+    config.export.int8 = False
+    run = tmp_path / "run"
+    res = run_pipeline(config, run)
+    assert list(res) == ["data", "baseline", "export", "eval"]
+    assert res["export"]["models"] == ["onnx/fp32", "torch/fp32", "openvino/fp32"]
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["num_images"] == res["data"]["num_val"] and metrics["subset"] == "val"
+    assert (run / "report" / "report.md").is_file() and (run / "baseline" / "metrics.csv").is_file()
+    again = run_pipeline(config, run)
+    assert all(stage.get("skipped") for stage in again.values())

@@ -143,7 +143,9 @@ class Trainer:
         return self.run_dir / "weights"
 
     def _config_hash(self) -> str:
-        return self.config.section_hash("data", "model", "train")
+        """What a resumed run must share with the checkpoint (epochs may grow: resuming to train longer is fine)."""
+        train = {k: v for k, v in asdict(self.config.train).items() if k not in ("epochs", "eval_every", "workers")}
+        return self.config.section_hash("data", "model", extra={"train": train})
 
     def _prepare_run_dir(self) -> dict[str, Any] | None:
         """Return the training state to resume from, or None to start fresh (refusing to clobber a run)."""
@@ -250,7 +252,7 @@ class Trainer:
                 optimizer.step()
                 if ema is not None:
                     ema.update(model)
-                sums["loss"] += float(loss) / images.shape[0]
+                sums["loss"] += float(loss.detach()) / images.shape[0]
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
@@ -282,7 +284,7 @@ class Trainer:
                     csv.DictWriter(f, CSV_FIELDS).writerow(row)
             barrier(dist_info)
 
-        checksums = all_gather_floats(dist_info, float(sum(p.double().sum() for p in model.parameters())))
+        checksums = all_gather_floats(dist_info, float(sum(p.detach().double().sum() for p in model.parameters())))
         per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else 0.0
         result = TrainResult(self.run_dir, tcfg.epochs, best_epoch, best_metrics, per_epoch, dist_info.world_size,
                              sum(p.numel() for p in model.parameters()))
