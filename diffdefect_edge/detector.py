@@ -6,9 +6,12 @@ preprocessing) -> decode + class-aware NMS -> boxes mapped back to frame pixels.
 
 from __future__ import annotations
 
+import statistics
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,6 +112,78 @@ class Detector:
         raw: RawOutput = self.backend.infer(np.stack([c for c, _ in prepared]))
         dets, seg = raw
         return [self.postprocess(dets[i], None if seg is None else seg[i], lb) for i, (_, lb) in enumerate(prepared)]
+
+    def stream(self, frames: Iterable[np.ndarray], color: str = "bgr", max_in_flight: int | None = None
+               ) -> Iterator[tuple[np.ndarray, Detections]]:
+        """Yield ``(frame, Detections)`` in input order.
+
+        In latency mode frames run one at a time. In throughput mode up to ``max_in_flight`` requests (default:
+        the backend's optimal number) run concurrently (OpenVINO AsyncInferQueue) and results are re-ordered.
+        """
+        if self.mode == "latency":
+            for frame in frames:
+                yield frame, self(frame, color)
+            return
+        depth = max_in_flight or self.backend.optimal_requests
+        done: dict[int, Any] = {}
+        cond = threading.Condition()
+
+        def on_done(result: Any, userdata: tuple[int, float]) -> None:
+            with cond:
+                done[userdata[0]] = (result, userdata[1])
+                cond.notify_all()
+
+        pending: dict[int, tuple[np.ndarray, Letterbox]] = {}
+        next_out = 0
+        try:
+            for index, frame in enumerate(frames):
+                canvas, lb = self.prepare(frame, color)
+                pending[index] = (frame, lb)
+                self.backend.submit(canvas[None], on_done, (index, time.perf_counter()))
+                while len(pending) >= depth or next_out in done:
+                    item = self._take(next_out, pending, done, cond)
+                    next_out += 1
+                    yield item
+            while pending:
+                yield self._take(next_out, pending, done, cond)
+                next_out += 1
+        finally:
+            self.backend.wait_all()
+
+    def _take(self, index: int, pending: dict, done: dict, cond: threading.Condition
+              ) -> tuple[np.ndarray, Detections]:
+        with cond:
+            cond.wait_for(lambda: index in done)
+            result, started = done.pop(index)
+        frame, lb = pending.pop(index)
+        if isinstance(result, BaseException):
+            raise result
+        dets, seg = result
+        out = self.postprocess(dets[0], None if seg is None else seg[0], lb)
+        out.meta["latency_ms"] = round((time.perf_counter() - started) * 1e3, 3)
+        return frame, out
+
+    def benchmark(self, frame: np.ndarray | None = None, runs: int = 100, warmup: int = 10) -> dict[str, float]:
+        """Latency statistics (ms) of ``det(frame)`` and of the raw model call on the prepared tensor."""
+        if frame is None:
+            frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+        canvas, _ = self.prepare(frame)
+        tensor = self.backend.model_input(canvas[None])
+        stats: dict[str, float] = {}
+        for name, fn in (("end_to_end", lambda: self(frame)), ("raw", lambda: self.backend.infer_prepared(tensor))):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            times.sort()
+            stats.update({f"{name}_mean_ms": statistics.fmean(times), f"{name}_p50_ms": times[len(times) // 2],
+                          f"{name}_p95_ms": times[int(0.95 * (len(times) - 1))],
+                          f"{name}_p99_ms": times[int(0.99 * (len(times) - 1))]})
+        stats["fps"] = 1e3 / stats["end_to_end_mean_ms"]
+        return stats
 
     def close(self) -> None:
         self.backend.close()
