@@ -41,15 +41,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from diffdefect_edge.backends import BackendError
+    from diffdefect_edge.backends import BACKEND_FOR_FILE, BackendError
     from diffdefect_edge.detector import Detector
     from diffdefect_edge.package import load_package
 
     pkg = load_package(args.package)
-    kinds = {"openvino": "openvino", "onnx": "onnxruntime", "torch": "torch"}
     print(f"{'backend':12s} {'precision':9s} {'raw p50 ms':>10s} {'e2e p50 ms':>10s} {'e2e p95 ms':>10s} {'fps':>7s}")
     for m in pkg.models:
-        backend = kinds[m.backend]
+        backend = BACKEND_FOR_FILE[m.backend]
         if args.backends and backend not in args.backends.split(","):
             continue
         try:

@@ -10,18 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box against (M, 4) boxes."""
-    ix1 = np.maximum(box[0], boxes[:, 0])
-    iy1 = np.maximum(box[1], boxes[:, 1])
-    ix2 = np.minimum(box[2], boxes[:, 2])
-    iy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) IoU matrix of xyxy boxes."""
     a = np.asarray(a, np.float32).reshape(-1, 4)
@@ -44,7 +32,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         if order.size == 1:
             break
         rest = order[1:]
-        order = rest[box_iou_one_to_many(boxes[i], boxes[rest]) <= iou_threshold]
+        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 

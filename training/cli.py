@@ -10,7 +10,7 @@ from pathlib import Path
 
 from training.config import ConfigError, load_config
 from training.data import FORMATS, DatasetError, SynthConfig, load_dataset, write_synthetic_dataset
-from training.pipeline import STAGE_NAMES, run_pipeline
+from training.pipeline import STAGE_NAMES, run_pipeline, write_configured_synthetic
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -63,10 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif config.data.source == "synthetic":
         data_dir = run_dir / "data" / "synthetic"
         if dist_info.is_main and not (data_dir / "synth.json").is_file():
-            s = config.data.synthetic
-            write_synthetic_dataset(data_dir, SynthConfig(
-                num_images=s.num_images, size=s.size, seed=config.seed, contrast=s.contrast,
-                max_defects=s.max_defects, background_fraction=s.background_fraction), overwrite=True)
+            write_configured_synthetic(config, data_dir)
         barrier(dist_info)
     else:
         data_dir = Path(config.data.source)

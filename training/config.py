@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from training.data.augment import AugmentConfig
+
 
 class ConfigError(ValueError):
     pass
@@ -56,16 +58,6 @@ class ModelConfig:
 
 
 @dataclass
-class AugmentSection:
-    hflip: float = 0.5
-    vflip: float = 0.5
-    scale: tuple[float, float] = (0.75, 1.25)
-    translate: float = 0.1
-    brightness: float = 0.2
-    contrast: float = 0.2
-
-
-@dataclass
 class TrainConfig:
     epochs: int = 40
     batch_size: int = 16
@@ -84,7 +76,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     cache_images: bool = True  # keep decoded images in memory
     num_threads: int = 0  # torch threads per process; 0 = cores / processes
-    augment: AugmentSection = field(default_factory=AugmentSection)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         checks = [

@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from diffdefect_edge import Detector, load_package
-from diffdefect_edge.backends import BackendError
+from diffdefect_edge.backends import FILE_KIND, BackendError
 from training.data import Dataset, load_dataset
+from training.data.torch_dataset import read_image
 from training.eval.coco_eval import DetectionMetrics, Prediction, evaluate_detections, save_pr_curves
 from training.eval.torch_predict import EVAL_CONF, EVAL_IOU
 
@@ -56,26 +54,13 @@ def run_detector(detector: Detector, dataset: Dataset, desc: str) -> tuple[list[
     preds: list[Prediction] = []
     latencies: list[float] = []
     for idx, rec in enumerate(tqdm(dataset.records, desc=desc, leave=False, mininterval=1.0)):
-        frame = cv2.imread(str(rec.image_path), cv2.IMREAD_COLOR)
+        frame = read_image(rec.image_path)
         start = time.perf_counter()
         dets = detector(frame)
         latencies.append((time.perf_counter() - start) * 1e3)
         preds += [Prediction(idx, int(c), tuple(float(v) for v in b), float(s))
                   for b, s, c in zip(dets.xyxy, dets.scores, dets.class_ids)]
     return preds, latencies
-
-
-def measure_latency(detector: Detector, frame: np.ndarray, runs: int = 50, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        detector(frame)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        detector(frame)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
-            "runs": runs}
 
 
 def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path, split_file: str | Path | None = None,
@@ -87,13 +72,12 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
     dataset = load_eval_dataset(data, pkg.class_names, split_file, subset)
     if not dataset.records:
         raise ValueError(f"{data}: no images to evaluate")
-    sample = cv2.imread(str(dataset.records[0].image_path), cv2.IMREAD_COLOR)
-    kinds = {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}
+    sample = read_image(dataset.records[0].image_path)
     results: dict[str, dict[str, Any]] = {}
     metrics_by: dict[str, DetectionMetrics] = {}
     for backend in backends:
         for m in pkg.models:
-            if m.backend != kinds[backend]:
+            if m.backend != FILE_KIND[backend]:
                 continue
             key = f"{backend}/{m.precision}"
             try:
@@ -106,7 +90,9 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
             det.close()
             # latency at the package's own thresholds: what the line runs (mAP needs conf 0.001 and many boxes)
             with Detector(pkg, backend=backend, precision=m.precision) as line_det:
-                latency = measure_latency(line_det, sample, latency_runs)
+                st = line_det.benchmark(sample, runs=latency_runs, warmup=5)
+            latency = {"median_ms": round(st["end_to_end_p50_ms"], 3), "p95_ms": round(st["end_to_end_p95_ms"], 3),
+                       "raw_median_ms": round(st["raw_p50_ms"], 3), "runs": latency_runs}
             metrics_by[key] = metrics
             results[key] = {**metrics.to_dict(), "latency": latency}
             log.info("%s: mAP50 %.4f  mAP50:95 %.4f  latency %.2f ms", key, metrics.map50, metrics.map50_95,
@@ -148,10 +134,12 @@ def render_report(meta: dict[str, Any], summary: dict[str, Any], curves: list[Pa
     lines += ["", "Latency: end-to-end `Detector.__call__` on one dataset image (letterbox, inference, decode, NMS)",
               "at the package's default thresholds, single stream, measured on this machine in this run.", "",
               "## Per-class AP (primary model)", "", "| class | AP50 | AP50:95 |", "|---|---|---|"]
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
     for name in meta["class_names"]:
-        ap50, ap = summary["per_class_ap50"].get(name), summary["per_class_ap50_95"].get(name)
-        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-        lines.append(f"| {name} | {fmt(ap50)} | {fmt(ap)} |")
+        lines.append(f"| {name} | {fmt(summary['per_class_ap50'].get(name))} | "
+                     f"{fmt(summary['per_class_ap50_95'].get(name))} |")
     lines += ["", "## Precision-recall curves (IoU 0.5)", ""]
     lines += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in curves]
     return "\n".join(lines) + "\n"

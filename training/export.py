@@ -100,18 +100,21 @@ def quantize_int8(model: ov.Model, canvases: np.ndarray) -> ov.Model:
                          ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False))
 
 
+def _dynamic_batch() -> dict[str, dict[int, torch.export.Dim]]:
+    """The exported programs take any batch size (the example input has 2: batch 1 would be specialised)."""
+    return {"x": {0: torch.export.Dim("batch", min=1, max=256)}}
+
+
 def export_onnx(deploy: DeployModel, example: torch.Tensor, path: Path, output_names: list[str]) -> None:
     for noisy in ("onnxscript", "onnx_ir"):  # their INFO logs list every rewrite
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    batch = torch.export.Dim("batch", min=1, max=256)
     program = torch.onnx.export(deploy, (example,), dynamo=True, input_names=["images"], output_names=output_names,
-                                dynamic_shapes={"x": {0: batch}}, verbose=False)
+                                dynamic_shapes=_dynamic_batch(), verbose=False)
     program.save(str(path), external_data=False)
 
 
 def export_torch_program(deploy: DeployModel, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=256)
-    program = torch.export.export(deploy, (example,), dynamic_shapes={"x": {0: batch}})
+    program = torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(path))
 
 
@@ -128,7 +131,7 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
     conf = conf if conf is not None else export_cfg.get("conf", 0.25)
     iou = iou if iou is not None else export_cfg.get("iou", 0.5)
     deploy = DeployModel(detector, input_size).eval()
-    example = torch.zeros(2, 3, input_size, input_size)  # batch 1 would specialise the dynamic batch dim
+    example = torch.zeros(2, 3, input_size, input_size)
     seg = detector.spec.seg_head
     output_names = ["detections", "segmentation"] if seg else ["detections"]
     num_anchors = sum((input_size // s) ** 2 for s in STRIDES)
@@ -157,10 +160,9 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
         add("torch", "fp32", "model.pt2", pt2, FLOAT_INPUT, FLOAT_STEPS)
 
         log.info("export: OpenVINO IR")
-        base = ov.convert_model(str(onnx_path))
-        variants = [("fp32", embed_preprocessing(base), False)]
-        if fp16:
-            variants.append(("fp16", embed_preprocessing(ov.convert_model(str(onnx_path))), True))
+        float_model = embed_preprocessing(ov.convert_model(str(onnx_path)))
+        # FP16 is the same graph with its weights compressed when saved (after the exact FP32 copy is written)
+        variants = [("fp32", float_model, False)] + ([("fp16", float_model, True)] if fp16 else [])
         if int8:
             canvases = calibration_canvases(run_dir, calibration_images, input_size, calib_data)
             log.info("export: INT8 quantization on %d calibration images", len(canvases))

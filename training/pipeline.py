@@ -63,13 +63,18 @@ def load_split(ctx: RunContext) -> tuple[Dataset, Dataset]:
     return dataset.subset([by_id[i] for i in split["train"]]), dataset.subset([by_id[i] for i in split["val"]])
 
 
+def write_configured_synthetic(config: ExperimentConfig, out: Path) -> Path:
+    """Write the synthetic dataset a config's ``data.synthetic`` section describes (seeded by ``config.seed``)."""
+    s = config.data.synthetic
+    synth = SynthConfig(num_images=s.num_images, size=s.size, seed=config.seed, contrast=s.contrast,
+                        max_defects=s.max_defects, background_fraction=s.background_fraction)
+    return write_synthetic_dataset(out, synth, overwrite=True)
+
+
 def stage_data(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config.data
     if ctx.data_override is None and cfg.source == "synthetic":
-        s = cfg.synthetic
-        synth = SynthConfig(num_images=s.num_images, size=s.size, seed=ctx.config.seed, contrast=s.contrast,
-                            max_defects=s.max_defects, background_fraction=s.background_fraction)
-        write_synthetic_dataset(dataset_path(ctx), synth, overwrite=True)
+        write_configured_synthetic(ctx.config, dataset_path(ctx))
     dataset = load_run_dataset(ctx)
     if dataset.skip_report:
         log.warning(dataset.skip_report.summary())

@@ -33,7 +33,6 @@ from tqdm import tqdm
 from diffdefect_edge.preprocess import MEAN, STD
 from training.checkpoint import checkpoint_meta, load_train_state, save_train_state, save_weights
 from training.config import ExperimentConfig, save_config
-from training.data.augment import AugmentConfig
 from training.data.records import Dataset
 from training.data.torch_dataset import DetectionDataset, collate, to_model_input
 from training.distributed import DistInfo, all_gather_floats, barrier, init_distributed
@@ -208,8 +207,7 @@ class Trainer:
 
         self.loss_fn = DetectionLoss(self.spec.num_classes, self.spec.reg_max, self.input_size, tcfg.cls_loss,
                                      tcfg.box_loss)
-        aug = AugmentConfig(**asdict(tcfg.augment))
-        data = DetectionDataset(self.train_set.records, self.input_size, aug, with_masks=self.spec.seg_head,
+        data = DetectionDataset(self.train_set.records, self.input_size, tcfg.augment, with_masks=self.spec.seg_head,
                                 cache=tcfg.cache_images, seed=cfg.seed)
         sampler = (DistributedSampler(data, shuffle=True, seed=cfg.seed, drop_last=True) if dist_info.enabled
                    else RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed)))

@@ -6,8 +6,9 @@ from diffdefect_edge.backends.base import Backend, BackendError, RawOutput
 from diffdefect_edge.package import ModelPackage
 
 BACKENDS = ("openvino", "onnxruntime", "torch")
-# which package model files each backend reads
-_FILE_KIND = {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}
+# which package model files each backend reads, and the reverse
+FILE_KIND = {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}
+BACKEND_FOR_FILE = {kind: backend for backend, kind in FILE_KIND.items()}
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -43,8 +44,8 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
                    num_threads: int | None = None, mode: str = "latency") -> Backend:
     name = resolve_backend(package, backend, device, precision)
     cls = _backend_class(name)
-    model_file = package.model_file(_FILE_KIND[name], precision)
+    model_file = package.model_file(FILE_KIND[name], precision)
     return cls(package, model_file, device, num_threads, mode)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "RawOutput", "create_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "BACKEND_FOR_FILE", "FILE_KIND", "Backend", "BackendError", "RawOutput", "create_backend", "resolve_backend"]

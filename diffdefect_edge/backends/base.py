@@ -25,7 +25,7 @@ class BackendError(RuntimeError):
 
 
 class Backend(ABC):
-    """One runtime. Subclasses set ``name`` and implement :meth:`infer`; :meth:`infer` must be thread-safe."""
+    """One runtime. Subclasses set ``name`` and implement :meth:`infer_prepared`, which must be thread-safe."""
 
     name: str = ""
 
@@ -43,13 +43,13 @@ class Backend(ABC):
             return canvases
         return normalize_nchw(canvases, self._mean, self._std)
 
-    @abstractmethod
     def infer(self, canvases: np.ndarray) -> RawOutput:
         """Synchronous inference of a batch of canvases."""
+        return self.infer_prepared(self.model_input(canvases))
 
+    @abstractmethod
     def infer_prepared(self, tensor: np.ndarray) -> RawOutput:
-        """Inference on an already-converted model input (used by the raw-model benchmark)."""
-        raise NotImplementedError
+        """Inference on an already-converted model input (also what the raw-model benchmark times)."""
 
     @property
     def optimal_requests(self) -> int:

@@ -41,6 +41,3 @@ class ONNXRuntimeBackend(Backend):
 
     def infer_prepared(self, tensor: np.ndarray) -> RawOutput:
         return split_outputs(self.session.run(None, {self._input: tensor}), self._has_seg)
-
-    def infer(self, canvases: np.ndarray) -> RawOutput:
-        return self.infer_prepared(self.model_input(canvases))

@@ -56,24 +56,22 @@ class OpenVINOBackend(Backend):
     def optimal_requests(self) -> int:
         return max(2, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
-    def _run(self, tensor: np.ndarray) -> RawOutput:
+    def _outputs(self, request: ov.InferRequest) -> RawOutput:
+        """Copies of a finished request's outputs (the request's buffers are reused by its next call)."""
+        dets = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        seg = np.array(request.get_output_tensor(1).data, dtype=np.float32) if self._has_seg else None
+        return dets, seg
+
+    def infer_prepared(self, tensor: np.ndarray) -> RawOutput:
         try:
             request = self._requests.get_nowait()
         except queue.Empty:
             request = self.compiled.create_infer_request()
         try:
             request.infer({0: tensor})
-            dets = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-            seg = np.array(request.get_output_tensor(1).data, dtype=np.float32) if self._has_seg else None
+            return self._outputs(request)
         finally:
             self._requests.put(request)
-        return dets, seg
-
-    def infer(self, canvases: np.ndarray) -> RawOutput:
-        return self._run(self.model_input(canvases))
-
-    def infer_prepared(self, tensor: np.ndarray) -> RawOutput:
-        return self._run(tensor)
 
     def submit(self, canvases: np.ndarray, callback: Callable[[RawOutput | BaseException, Any], None],
                userdata: Any) -> None:
@@ -84,10 +82,7 @@ class OpenVINOBackend(Backend):
                 def done(request: ov.InferRequest, data: Any) -> None:
                     cb, user = data
                     try:
-                        dets = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-                        seg = (np.array(request.get_output_tensor(1).data, dtype=np.float32)
-                               if self._has_seg else None)
-                        result: RawOutput | BaseException = (dets, seg)
+                        result: RawOutput | BaseException = self._outputs(request)
                     except Exception as exc:  # handed to the caller, never lost in the callback thread
                         result = exc
                     cb(result, user)

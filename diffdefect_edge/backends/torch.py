@@ -43,6 +43,3 @@ class TorchBackend(Backend):
         if isinstance(out, (tuple, list)):
             return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
         return out.float().cpu().numpy(), None
-
-    def infer(self, canvases: np.ndarray) -> RawOutput:
-        return self.infer_prepared(self.model_input(canvases))

@@ -7,19 +7,25 @@ import math
 import torch
 
 
-def pairwise_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """IoU of broadcastable xyxy boxes ``a[..., 4]`` and ``b[..., 4]``."""
+def _inter_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
     area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
     area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_a + area_b - inter + eps)
+    return inter, area_a + area_b - inter
+
+
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """IoU of broadcastable xyxy boxes ``a[..., 4]`` and ``b[..., 4]``."""
+    inter, union = _inter_union(a, b)
+    return inter / (union + eps)
 
 
 def aligned_iou(pred: torch.Tensor, target: torch.Tensor, kind: str = "ciou", eps: float = 1e-7) -> torch.Tensor:
     """IoU, GIoU or CIoU of matched xyxy boxes (..., 4) -> (...)."""
-    iou = pairwise_iou(pred, target, eps)
+    inter, union = _inter_union(pred, target)
+    iou = inter / (union + eps)
     if kind == "iou":
         return iou
     enc_lt = torch.minimum(pred[..., :2], target[..., :2])
@@ -27,10 +33,6 @@ def aligned_iou(pred: torch.Tensor, target: torch.Tensor, kind: str = "ciou", ep
     enc_wh = (enc_rb - enc_lt).clamp(min=0)
     if kind == "giou":
         enc_area = enc_wh.prod(-1) + eps
-        lt = torch.maximum(pred[..., :2], target[..., :2])
-        rb = torch.minimum(pred[..., 2:], target[..., 2:])
-        inter = (rb - lt).clamp(min=0).prod(-1)
-        union = (pred[..., 2:] - pred[..., :2]).prod(-1) + (target[..., 2:] - target[..., :2]).prod(-1) - inter
         return iou - (enc_area - union) / enc_area
     if kind == "ciou":
         diag2 = enc_wh.pow(2).sum(-1) + eps
