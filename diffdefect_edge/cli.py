@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from diffdefect_edge import __version__
 
@@ -62,6 +65,51 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from diffdefect_edge.backends import BackendError
+    from diffdefect_edge.detector import Detector
+    from diffdefect_edge.loop import LoopOutputs, run_loop, summary_dict
+    from diffdefect_edge.package import PackageError
+    from diffdefect_edge.sources import SourceError, open_source
+
+    outputs = LoopOutputs(save=args.save, jsonl=args.jsonl, db=args.db, crops=args.crops, show=args.show,
+                          overwrite=args.overwrite)
+    try:
+        detector = Detector(args.model, backend=args.backend, device=args.device, precision=args.precision,
+                            conf=args.conf, iou=args.iou, mode=args.mode)
+        source = open_source(args.source)
+    except (PackageError, BackendError, SourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C while stopping: give up at once
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        source.stop()  # wakes a loop waiting for a live frame
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"running {detector!r} on {args.source} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        summary = run_loop(detector, source, outputs, max_frames=args.max_frames, max_fps=args.max_fps, stop=stop,
+                           source_name=str(args.source))
+    except (FileExistsError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        source.close()
+        detector.close()
+    if received:
+        summary.stopped_by = f"signal ({received[0]})"
+    print(json.dumps(summary_dict(summary)) if args.summary_json else f"summary: {summary.to_text()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdefect-edge", description="diffdefect-edge runtime SDK")
     parser.add_argument("--version", action="version", version=f"diffdefect-edge {__version__}")
@@ -78,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU")
     p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime,torch")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("run", help="the camera loop: detect on a camera, video, folder or URL and record results")
+    p.add_argument("--model", required=True, help="model package folder")
+    p.add_argument("--source", required=True, help="camera index, video file, folder, glob or rtsp/http URL")
+    p.add_argument("--show", action="store_true", help="show the annotated frames in a window (q or Esc quits)")
+    p.add_argument("--save", type=Path, help="write the annotated frames to this video (.mp4 or .avi)")
+    p.add_argument("--jsonl", type=Path, help="write one JSON line per frame (index, timestamp, latency, detections)")
+    p.add_argument("--db", type=Path, help="record frames with defects in this SQLite database (WAL, appends)")
+    p.add_argument("--crops", type=Path, help="save an image of every detected defect in this folder")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--max-fps", type=float, help="read a file source no faster than this (replay at line rate)")
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime", "torch"])
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--mode", default="latency", choices=["latency", "throughput"])
+    p.add_argument("--conf", type=float, help="score threshold (default: the package's)")
+    p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the package's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl files")
+    p.add_argument("--summary-json", action="store_true", help="print the final summary as one JSON object")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

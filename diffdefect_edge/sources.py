@@ -43,6 +43,7 @@ class FileSource:
     def __init__(self, source: str | Path) -> None:
         self.source = str(source)
         self.stats = SourceStats()
+        self.fps: float | None = None  # a video's frame rate, None for images
         path = Path(self.source)
         if any(ch in self.source for ch in "*?["):
             self._images = sorted(Path(p) for p in globlib.glob(self.source) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
@@ -59,6 +60,7 @@ class FileSource:
             self._video = path
             cap = cv2.VideoCapture(str(path))
             ok = cap.isOpened()
+            self.fps = (float(cap.get(cv2.CAP_PROP_FPS)) or None) if ok else None
             cap.release()
             if not ok:
                 raise SourceError(f"{self.source}: OpenCV cannot open this file as a video")
@@ -87,6 +89,9 @@ class FileSource:
         finally:
             cap.release()
 
+    def stop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -100,6 +105,7 @@ class LiveSource:
     """
 
     live = True
+    fps: float | None = None
 
     def __init__(self, source: str | int, open_capture: Callable[[], object] | None = None,
                  backoff: tuple[float, float] = (0.5, 10.0), max_reconnects: int | None = None) -> None:
@@ -176,10 +182,14 @@ class LiveSource:
             self.stats.frames += 1
             yield frame
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Ask the grabber to stop and wake the consumer; returns at once (safe from a signal handler)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+
+    def close(self) -> None:
+        self.stop()
         self._thread.join(timeout=5)
 
 

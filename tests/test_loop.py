@@ -1,0 +1,244 @@
+"""The camera loop, the ``diffdefect-edge run`` command and the examples, on a generated video and folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from diffdefect_edge import Detector
+from diffdefect_edge.cli import main as cli_main
+from diffdefect_edge.loop import LoopOutputs, run_loop
+from diffdefect_edge.sources import FileSource, LiveSource
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "diffdefect_edge.cli"]
+
+
+def _write_video(path: Path, images: list[Path], repeats: int = 1, size: tuple[int, int] = (320, 240)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, size)
+    for _ in range(repeats):
+        for p in images:
+            writer.write(cv2.resize(cv2.imread(str(p)), size))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def line_video(tmp_path_factory, tiny_dataset: Path) -> Path:
+    images = sorted((tiny_dataset / "JPEGImages").iterdir())
+    return _write_video(tmp_path_factory.mktemp("video") / "line.mp4", images)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory, tiny_dataset: Path) -> Path:
+    images = sorted((tiny_dataset / "JPEGImages").iterdir())
+    return _write_video(tmp_path_factory.mktemp("video") / "long.mp4", images, repeats=40)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_command_writes_jsonl_sqlite_crops_and_video(tiny_package: Path, line_video: Path, tmp_path: Path,
+                                                         capsys):
+    out = tmp_path / "out"
+    args = ["run", "--model", str(tiny_package), "--source", str(line_video), "--jsonl", str(out / "r.jsonl"),
+            "--db", str(out / "inspections.sqlite"), "--crops", str(out / "crops"), "--save", str(out / "a.mp4"),
+            "--max-frames", "12", "--summary-json"]
+    assert cli_main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 12 and summary["stopped_by"] == "max frames"
+
+    records = _jsonl(out / "r.jsonl")
+    assert [r["frame"] for r in records] == list(range(12))
+    assert all({"timestamp", "latency_ms", "detections"} <= set(r) for r in records)
+    with_defects = [r for r in records if r["detections"]]
+    assert with_defects, "the tiny model should find defects on its own training images"
+    assert summary["frames_with_defects"] == len(with_defects)
+
+    db = sqlite3.connect(out / "inspections.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = db.execute("SELECT frame_index, num_defects FROM inspections ORDER BY frame_index").fetchall()
+    assert rows == [(r["frame"], len(r["detections"])) for r in with_defects]
+    crops = [p for (p,) in db.execute("SELECT crop_path FROM defects")]
+    assert len(crops) == sum(len(r["detections"]) for r in with_defects) == summary["defects"]
+    assert all(Path(p).is_file() for p in crops)
+
+    cap = cv2.VideoCapture(str(out / "a.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
+
+    # a second run appends to the same database under a new run id; the JSONL file is not overwritten silently
+    assert cli_main(args[:-3] + ["--max-frames", "3"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert len(_jsonl(out / "r.jsonl")) == 12
+    assert cli_main(args[:-3] + ["--max-frames", "3", "--overwrite"]) == 0
+    assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    assert len(_jsonl(out / "r.jsonl")) == 3
+
+
+def test_loop_results_match_detector_and_throughput_mode(tiny_package: Path, line_video: Path):
+    frames = list(FileSource(line_video))
+    with Detector(tiny_package) as det:
+        expected = [det(f) for f in frames]
+    got = []
+    with Detector(tiny_package, mode="throughput") as det:
+        summary = run_loop(det, FileSource(line_video), on_result=lambda i, f, d: got.append((i, d)))
+    assert summary.frames == len(frames) and [i for i, _ in got] == list(range(len(frames)))
+    for (_, d), e in zip(got, expected):
+        assert len(d) == len(e)
+        np.testing.assert_allclose(d.xyxy, e.xyxy, atol=0.05)
+
+
+def test_bad_arguments_are_refused_before_any_output(tiny_package: Path, line_video: Path, tmp_path: Path, capsys):
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(tmp_path / "nope.mp4")]) == 2
+    assert "nope.mp4" in capsys.readouterr().err
+    assert cli_main(["run", "--model", str(tmp_path), "--source", str(line_video)]) == 2
+    assert "metadata.json" in capsys.readouterr().err
+    (tmp_path / "folder.sqlite").mkdir()
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(line_video),
+                     "--db", str(tmp_path / "folder.sqlite")]) == 2
+    assert "--db" in capsys.readouterr().err
+    with Detector(tiny_package) as det, pytest.raises(ValueError, match="max_frames"):
+        run_loop(det, FileSource(line_video), max_frames=0)
+
+
+def test_live_source_failing_mid_stream_is_survived(tiny_package: Path, line_video: Path):
+    frames = list(FileSource(line_video))
+    opened = []
+
+    class FlakyCamera:  # delivers 5 frames, then fails; the second connection delivers the rest; later ones none
+        def __init__(self) -> None:
+            opened.append(self)
+            self.queue = {1: list(frames[:5]), 2: list(frames[5:])}.get(len(opened), [])
+
+        def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+            return True
+
+        def read(self):
+            time.sleep(0.02)
+            return (True, self.queue.pop(0)) if self.queue else (False, None)
+
+        def release(self) -> None:
+            pass
+
+    source = LiveSource("flaky", open_capture=FlakyCamera, backoff=(0.01, 0.02), max_reconnects=1)
+    with Detector(tiny_package) as det:
+        summary = run_loop(det, source)
+    assert summary.reconnects >= 1
+    assert summary.frames + summary.dropped == len(frames)
+    assert summary.frames >= len(frames) // 2
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the loop")
+        time.sleep(0.1)
+
+
+def _count_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM inspections").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_with_a_summary(tiny_package: Path, long_video: Path, tmp_path: Path, sig):
+    jsonl = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(CLI + ["run", "--model", str(tiny_package), "--source", str(long_video), "--jsonl",
+                                   str(jsonl), "--max-fps", "30", "--summary-json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: jsonl.exists() and len(jsonl.read_text().splitlines()) >= 5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == f"signal ({sig.name})"
+    records = _jsonl(jsonl)  # every line complete
+    assert len(records) == summary["frames"] < 16 * 40
+
+
+def test_killed_process_loses_no_committed_row(tiny_package: Path, long_video: Path, tmp_path: Path):
+    db = tmp_path / "inspections.sqlite"
+    proc = subprocess.Popen(CLI + ["run", "--model", str(tiny_package), "--source", str(long_video), "--db", str(db),
+                                   "--max-fps", "40"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _count_rows(db) >= 5)
+        seen = _count_rows(db)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT id, num_defects FROM inspections").fetchall()
+        assert len(rows) >= seen
+        for inspection_id, num in rows:  # each inspection landed with all its defects
+            assert conn.execute("SELECT COUNT(*) FROM defects WHERE inspection_id = ?",
+                                (inspection_id,)).fetchone()[0] == num
+
+
+def test_stop_event_ends_the_loop_from_another_thread(tiny_package: Path, long_video: Path):
+    stop = threading.Event()
+    with Detector(tiny_package) as det:
+        threading.Timer(0.5, stop.set).start()
+        summary = run_loop(det, FileSource(long_video), max_fps=50, stop=stop)
+    assert summary.stopped_by == "signal" and 0 < summary.frames < 16 * 40
+
+
+# ---- examples: each runs as a user would run it ----
+
+def _example(name: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_example_camera_loop(tiny_package: Path, line_video: Path):
+    lines = [json.loads(x) for x in _example("camera_loop.py", "--model", tiny_package, "--source", line_video,
+                                             "--min-score", "0.05", "--max-frames", "10").splitlines()]
+    final = lines[-1]
+    assert final["frames"] == 10 and final["rejected"] == len(lines) - 1 > 0
+    assert all(x["reject"] and x["detections"] for x in lines[:-1])
+
+
+def test_example_inspect_folder(tiny_package: Path, tiny_dataset: Path, tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((tiny_dataset / "JPEGImages").iterdir())[:5]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "inspected"
+    stdout = _example("inspect_folder.py", "--model", tiny_package, "--images", images, "--out", out)
+    assert "skipped" in stdout and "broken.png" in stdout
+    rows = (out / "defects.csv").read_text().splitlines()
+    assert rows[0].startswith("image,class,score") and len(rows) > 1
+    assert len(list(out.glob("*_inspected.png"))) == 5
+
+
+def test_example_video_to_report(tiny_package: Path, line_video: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    _example("video_to_report.py", "--model", tiny_package, "--video", line_video, "--out", out)
+    report = (out / "report.md").read_text()
+    assert "16 frames" in report and "| class | defects |" in report
+    assert (out / "annotated.mp4").stat().st_size > 0 and list(out.glob("best_*.png"))
