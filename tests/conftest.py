@@ -101,3 +101,28 @@ def tiny_package(tmp_path_factory, tiny_run: Path) -> Path:
     assert main(["export", "--run", str(tiny_run), "--out", str(out), "--int8", "--fp16",
                  "--calibration-images", "8"]) == 0
     return out
+
+
+TINY_PIPELINE_CONFIG = TINY_CONFIG.replace("epochs: 30", "epochs: 6").replace("eval_every: 10", "eval_every: 3") + """
+ddpm: {image_size: 32, base_width: 16, epochs: 3, batch_size: 8, sample_steps: 10, num_samples: 4}
+features: {timesteps: [50, 150, 250], blocks: ["up.1.1", "up.2.1"], chunk_size: 8}
+resvae: {latent_channels: 8, hidden: 32, blocks: 1, epochs: 3, batch_size: 8}
+teacher: {levels: [0, 1], heads: 2}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny-pipeline.yaml"
+    path.write_text(TINY_PIPELINE_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory, tiny_pipeline_config: Path) -> tuple[Path, dict]:
+    """Every stage of the main job on the tiny config (about a minute on 2 cores); returns (run dir, results)."""
+    from training.config import load_config
+    from training.pipeline import run_pipeline
+
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    return run, run_pipeline(load_config(tiny_pipeline_config), run)

@@ -53,17 +53,28 @@ def test_config_errors_name_key_and_file(tmp_path: Path):
         run_pipeline(_tiny(), tmp_path / "r", stages=["nope"])
 
 
-def test_main_job_trains_exports_and_reports(tmp_path: Path, tiny_config_path: Path):
-    """data -> baseline -> export -> eval on the tiny config; a rerun skips every stage."""
-    config = load_config(tiny_config_path)
-    config.train.epochs = 3
-    config.export.int8 = False
-    run = tmp_path / "run"
-    res = run_pipeline(config, run)
-    assert list(res) == ["data", "baseline", "export", "eval"]
-    assert res["export"]["models"] == ["onnx/fp32", "torch/fp32", "openvino/fp32"]
-    metrics = json.loads((run / "report" / "metrics.json").read_text())
-    assert metrics["num_images"] == res["data"]["num_val"] and metrics["subset"] == "val"
-    assert (run / "report" / "report.md").is_file() and (run / "baseline" / "metrics.csv").is_file()
-    again = run_pipeline(config, run)
+def test_main_job_runs_every_stage_and_skips_them_on_rerun(tiny_pipeline_run, tiny_pipeline_config: Path):
+    """data -> ddpm -> features -> resvae -> teacher -> baseline -> distill -> export -> report -> demo."""
+    import sqlite3
+
+    run, res = tiny_pipeline_run
+    assert list(res) == ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill", "export", "report",
+                         "demo"]
+    assert res["export"]["models"] == ["onnx/fp32", "torch/fp32", "openvino/fp32", "openvino/int8"]
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert set(summary["models"]) == {"baseline", "teacher", "student", "student INT8"}
+    report = (run / "report" / "report.md").read_text()
+    for needle in ("| baseline |", "| teacher |", "| student |", "| student INT8 |", "## Per-class AP50",
+                   "pr_models.png", "latency.png", "## Stage wall time"):
+        assert needle in report
+    assert (run / "report" / "pr_models.png").is_file() and (run / "report" / "latency.png").is_file()
+    meta = json.loads((run / "package" / "metadata.json").read_text())
+    assert meta["provenance"]["run_dir"].endswith("distill")  # the package ships the distilled student
+    demo = json.loads((run / "demo" / "summary.json").read_text())
+    assert demo["frames"] == res["data"]["num_val"] and demo["stopped_by"] == "end of source"
+    lines = (run / "demo" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == demo["frames"]
+    with sqlite3.connect(run / "demo" / "inspections.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == demo["frames_with_defects"]
+    again = run_pipeline(load_config(tiny_pipeline_config), run)
     assert all(stage.get("skipped") for stage in again.values())

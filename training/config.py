@@ -104,6 +104,112 @@ class ExportConfig:
 
 
 @dataclass
+class DDPMConfig:
+    """Stage ``ddpm``: the diffusion model trained on the training images (letterboxed canvases, resized)."""
+
+    image_size: int = 64  # the canvas is resized to this; multiple of 2 ** (levels - 1)
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    base_width: int = 32
+    width_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    blocks_per_level: int = 1
+    attention_levels: list[int] = field(default_factory=lambda: [2])
+    timesteps: int = 1000
+    schedule: str = "linear"  # "linear" (1e-4 .. 0.02) or "cosine"
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 0.001
+    ema_decay: float = 0.995
+    hflip: bool = True  # flips are free augmentation for a texture model
+    sample_steps: int = 50  # respaced ancestral sampling for the preview grid
+    num_samples: int = 16
+
+    def __post_init__(self) -> None:
+        factor = 2 ** (len(self.width_mults) - 1)
+        checks = [
+            (self.channels in (1, 3), "ddpm.channels must be 1 or 3"),
+            (self.image_size >= factor and self.image_size % factor == 0,
+             f"ddpm.image_size must be a multiple of {factor} (2 ** (levels - 1))"),
+            (self.timesteps >= 10, "ddpm.timesteps must be >= 10"),
+            (self.schedule in ("linear", "cosine"), "ddpm.schedule must be 'linear' or 'cosine'"),
+            (self.epochs >= 1 and self.batch_size >= 1, "ddpm.epochs and ddpm.batch_size must be >= 1"),
+            (1 <= self.sample_steps <= self.timesteps, "ddpm.sample_steps must be in [1, timesteps]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class FeaturesConfig:
+    """Stage ``features``: DDPM activations of every image, hooked from decoder blocks at chosen timesteps."""
+
+    timesteps: list[int] = field(default_factory=lambda: [50, 150, 250])
+    blocks: list[str] = field(default_factory=lambda: ["up.1.1", "up.2.1"])  # UNet.decoder_block_names()
+    batch_size: int = 16
+    chunk_size: int = 64  # images per atomic chunk of the feature store
+
+    def __post_init__(self) -> None:
+        if not self.timesteps or not self.blocks:
+            raise ConfigError("features.timesteps and features.blocks must not be empty")
+
+
+@dataclass
+class ResVAEConfig:
+    """Stage ``resvae``: the residual conv VAE that compresses the raw features into the latent repository."""
+
+    enabled: bool = True  # false: the teacher reads the raw features (ablation "no ResVAE")
+    latent_channels: int = 16
+    hidden: int = 96
+    blocks: int = 2
+    downsample: bool = True  # 2x spatial compression
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 0.002
+    kl_weight: float = 1.0e-4
+
+    def __post_init__(self) -> None:
+        if self.latent_channels < 1 or self.hidden < 8 or self.blocks < 0:
+            raise ConfigError("resvae.latent_channels >= 1, resvae.hidden >= 8, resvae.blocks >= 0")
+
+
+@dataclass
+class FusionConfig:
+    """Stage ``teacher``: how DDPM features are fused into the detector's pyramid levels."""
+
+    levels: list[int] = field(default_factory=lambda: [0])  # 0 = stride 8, 1 = stride 16, 2 = stride 32
+    heads: int = 4
+    fft_filter: bool = True  # false: ablation "no FFT filter"
+    learnable_filter: bool = True
+    filter_sigma: float = 0.25  # Gaussian low-pass width at init, in cycles per pixel (Nyquist = 0.5)
+    gate: bool = True  # false: ablation "no gate" (attended signal added with weight 1)
+    impl: str = "kernel"  # "kernel" (C++/CUDA) or "reference" (pure torch)
+    epochs: int | None = None  # default: train.epochs
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(lv not in (0, 1, 2) for lv in self.levels):
+            raise ConfigError("teacher.levels must be a non-empty subset of [0, 1, 2]")
+        if self.impl not in ("kernel", "reference"):
+            raise ConfigError("teacher.impl must be 'kernel' or 'reference'")
+        if self.heads < 1 or self.filter_sigma <= 0:
+            raise ConfigError("teacher.heads >= 1 and teacher.filter_sigma > 0")
+
+
+@dataclass
+class DistillConfig:
+    """Stage ``distill``: the student trained from the frozen teacher."""
+
+    feature_weight: float = 1.0  # normalised feature distillation on the neck levels
+    foreground_weight: float = 4.0  # weight of ground-truth box cells relative to background
+    response_weight: float = 1.0  # classification + box-distribution distillation
+    temperature: float = 2.0
+    epochs: int | None = None  # default: train.epochs
+
+    def __post_init__(self) -> None:
+        if self.feature_weight < 0 or self.response_weight < 0 or self.temperature <= 0:
+            raise ConfigError("distill weights must be >= 0 and distill.temperature > 0")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -111,6 +217,11 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    resvae: ResVAEConfig = field(default_factory=ResVAEConfig)
+    teacher: FusionConfig = field(default_factory=FusionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

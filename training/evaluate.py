@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from diffdefect_edge import Detector, load_package
@@ -112,6 +113,7 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
             "latency_ratio": round(int8["latency"]["median_ms"] / fp32["latency"]["median_ms"], 3)}
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=1))
     curves = save_pr_curves(metrics_by[primary], out_dir / "pr", title=primary)
+    np.savez(out_dir / "pr_curves.npz", **metrics_by[primary].pr_curves)  # precision at 101 recall points
     (out_dir / "report.md").write_text(render_report(pkg.metadata, summary, curves, out_dir))
     return summary
 

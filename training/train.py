@@ -43,7 +43,7 @@ from training.models.loss import DetectionLoss
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ["epoch", "lr", "loss", "box", "cls", "dfl", "seg", "seconds", "map50", "map50_95"]
+CSV_FIELDS = ["epoch", "lr", "loss", "box", "cls", "dfl", "seg", "kd_feat", "kd_resp", "seconds", "map50", "map50_95"]
 
 
 class RunExistsError(FileExistsError):
@@ -112,6 +112,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 class Trainer:
     """Trains one detector on (train, val). Subclasses change :meth:`compute_loss` (distillation does)."""
 
+    resume_sections: tuple[str, ...] = ("data", "model")  # config sections a resumed run must share
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
                  resume: bool | str = "auto", dataset_info: dict[str, Any] | None = None) -> None:
         self.config, self.train_set, self.val_set = config, train_set, val_set
@@ -136,6 +137,18 @@ class Trainer:
                      ) -> tuple[torch.Tensor, dict[str, float]]:
         return self.loss_fn(out, batch)
 
+    def dataset_options(self) -> dict[str, Any]:
+        """Extra DetectionDataset arguments (the teacher asks for each item's augmentation matrix)."""
+        return {}
+
+    def eval_forward(self):
+        """How validation runs the model (None: ``model(x)``); see ``predict_records(forward=...)``."""
+        return None
+
+    @property
+    def epochs(self) -> int:
+        return self.config.train.epochs
+
     # ---- files ----
     @property
     def weights_dir(self) -> Path:
@@ -144,7 +157,7 @@ class Trainer:
     def _config_hash(self) -> str:
         """What a resumed run must share with the checkpoint (epochs may grow: resuming to train longer is fine)."""
         train = {k: v for k, v in asdict(self.config.train).items() if k not in ("epochs", "eval_every", "workers")}
-        return self.config.section_hash("data", "model", extra={"train": train})
+        return self.config.section_hash(*self.resume_sections, extra={"train": train})
 
     def _prepare_run_dir(self) -> dict[str, Any] | None:
         """Return the training state to resume from, or None to start fresh (refusing to clobber a run)."""
@@ -178,7 +191,8 @@ class Trainer:
 
     # ---- the loop ----
     def evaluate(self, model: nn.Module) -> DetectionMetrics:
-        preds = predict_records(model, self.val_set.records, self.input_size, device=self.dist.device)
+        preds = predict_records(model, self.val_set.records, self.input_size, device=self.dist.device,
+                                forward=self.eval_forward())
         return evaluate_detections(self.val_set.records, self.class_names, preds)
 
     def fit(self) -> TrainResult:
@@ -208,7 +222,7 @@ class Trainer:
         self.loss_fn = DetectionLoss(self.spec.num_classes, self.spec.reg_max, self.input_size, tcfg.cls_loss,
                                      tcfg.box_loss)
         data = DetectionDataset(self.train_set.records, self.input_size, tcfg.augment, with_masks=self.spec.seg_head,
-                                cache=tcfg.cache_images, seed=cfg.seed)
+                                cache=tcfg.cache_images, seed=cfg.seed, **self.dataset_options())
         sampler = (DistributedSampler(data, shuffle=True, seed=cfg.seed, drop_last=True) if dist_info.enabled
                    else RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed)))
         batch = max(1, tcfg.batch_size // dist_info.world_size)
@@ -216,7 +230,7 @@ class Trainer:
                             num_workers=tcfg.workers, persistent_workers=tcfg.workers > 0)
         train_model: nn.Module = DistributedDataParallel(model) if dist_info.enabled else model
         iters = len(loader)
-        total_steps = tcfg.epochs * iters
+        total_steps = self.epochs * iters
         warmup = round(tcfg.warmup_epochs * iters)
         csv_path = self.run_dir / "metrics.csv"
         if dist_info.is_main and (state is None or not csv_path.is_file()):
@@ -224,7 +238,7 @@ class Trainer:
                 csv.DictWriter(f, CSV_FIELDS).writeheader()
 
         epoch_seconds: list[float] = []
-        for epoch in range(start_epoch, tcfg.epochs):
+        for epoch in range(start_epoch, self.epochs):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             else:
@@ -233,7 +247,7 @@ class Trainer:
             train_model.train()
             t0 = time.perf_counter()
             sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0, "seg": 0.0}
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not dist_info.is_main,
+            bar = tqdm(loader, desc=f"{self.run_dir.name} {epoch + 1}/{self.epochs}", disable=not dist_info.is_main,
                        leave=False, mininterval=1.0)
             lr = tcfg.lr
             for i, batch_data in enumerate(bar):
@@ -259,7 +273,7 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": round(lr, 6), "seconds": round(seconds, 2),
                                    **{k: round(v / max(1, iters), 5) for k, v in sums.items() if k in CSV_FIELDS}}
             deploy = ema.module if ema is not None else model
-            last = epoch + 1 == tcfg.epochs
+            last = epoch + 1 == self.epochs
             if dist_info.is_main:
                 if (epoch + 1) % tcfg.eval_every == 0 or last:
                     metrics = self.evaluate(deploy)
@@ -284,10 +298,10 @@ class Trainer:
 
         checksums = all_gather_floats(dist_info, float(sum(p.detach().double().sum() for p in model.parameters())))
         per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else 0.0
-        result = TrainResult(self.run_dir, tcfg.epochs, best_epoch, best_metrics, per_epoch, dist_info.world_size,
+        result = TrainResult(self.run_dir, self.epochs, best_epoch, best_metrics, per_epoch, dist_info.world_size,
                              sum(p.numel() for p in model.parameters()))
         if dist_info.is_main:
-            summary = {"epochs": tcfg.epochs, "best_epoch": best_epoch, "best_metrics": best_metrics,
+            summary = {"epochs": self.epochs, "best_epoch": best_epoch, "best_metrics": best_metrics,
                        "seconds_per_epoch": round(per_epoch, 3), "world_size": dist_info.world_size,
                        "threads_per_process": threads, "parameters": result.parameters,
                        "param_checksum_per_rank": checksums}

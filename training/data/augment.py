@@ -70,18 +70,31 @@ def photometric(image: np.ndarray, gain: float, bias: float) -> np.ndarray:
 
 def augment(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
             cfg: AugmentConfig, rng: np.random.Generator) -> Sample:
+    image, boxes, labels, mask, _ = augment_with_matrix(image, boxes, labels, mask, cfg, rng)
+    return image, boxes, labels, mask
+
+
+def augment_with_matrix(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
+                        cfg: AugmentConfig, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """:func:`augment`, also returning the 3x3 matrix that maps original to augmented pixel coordinates (the
+    same map the boxes went through), so feature maps aligned with the image can be moved the same way."""
+    h, w = image.shape[:2]
+    matrix = np.eye(3)
     if rng.random() < cfg.hflip:
         image, boxes, labels, mask = flip(image, boxes, labels, mask, horizontal=True)
+        matrix = np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]]) @ matrix
     if rng.random() < cfg.vflip:
         image, boxes, labels, mask = flip(image, boxes, labels, mask, horizontal=False)
+        matrix = np.array([[1.0, 0, 0], [0, -1, h], [0, 0, 1]]) @ matrix
     lo, hi = cfg.scale
     if hi > lo or lo != 1.0 or cfg.translate > 0:
-        h, w = image.shape[:2]
         zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         tx, ty = rng.uniform(-cfg.translate, cfg.translate, 2) * (w, h)
         image, boxes, labels, mask = affine_jitter(image, boxes, labels, mask, zoom, tx, ty, cfg.min_box_visibility)
+        matrix = np.array([[zoom, 0, (1 - zoom) * w / 2 + tx], [0, zoom, (1 - zoom) * h / 2 + ty], [0, 0, 1]]) @ matrix
     if cfg.brightness > 0 or cfg.contrast > 0:
         gain = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
         bias = 255.0 * rng.uniform(-cfg.brightness, cfg.brightness)
         image = photometric(image, gain, bias)
-    return image, boxes, labels, mask
+    return image, boxes, labels, mask, matrix

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from diffdefect_edge.preprocess import letterbox
-from training.data.augment import AugmentConfig, augment
+from training.data.augment import AugmentConfig, augment_with_matrix
 from training.data.records import DatasetError, Record
 from training.models.loss import SEG_IGNORE
 
@@ -37,12 +37,14 @@ class DetectionDataset(TorchDataset):
     """Item = dict(image uint8 (S, S, 3) BGR canvas, boxes (N, 4) canvas px, labels (N,), mask (S, S) or None).
 
     ``augment=None`` gives the evaluation view. ``cache=True`` keeps decoded images in memory.
+    ``with_affine=True`` adds ``affine`` (2, 3): the map from the un-augmented canvas to this item's canvas (pixel
+    coordinates), which the teacher applies to the image's stored DDPM feature maps.
     """
 
     def __init__(self, records: list[Record], input_size: int, augment: AugmentConfig | None = None,
-                 with_masks: bool = False, cache: bool = False, seed: int = 0) -> None:
+                 with_masks: bool = False, cache: bool = False, seed: int = 0, with_affine: bool = False) -> None:
         self.records, self.input_size, self.augment = records, input_size, augment
-        self.with_masks, self.cache, self.seed = with_masks, cache, seed
+        self.with_masks, self.cache, self.seed, self.with_affine = with_masks, cache, seed, with_affine
         self._cache: dict[int, np.ndarray] = {}
         self._epoch = 0
 
@@ -65,12 +67,16 @@ class DetectionDataset(TorchDataset):
         image = self._image(index)
         boxes, labels = rec.boxes.copy(), rec.class_ids.copy()
         mask = read_mask(rec) if self.with_masks else None
+        matrix = np.eye(3)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self._epoch, index])
-            image, boxes, labels, mask = augment(image, boxes, labels, mask, self.augment, rng)
+            image, boxes, labels, mask, matrix = augment_with_matrix(image, boxes, labels, mask, self.augment, rng)
         canvas, lb = letterbox(image, self.input_size)
         out = {"image": torch.from_numpy(canvas), "boxes": torch.from_numpy(lb.boxes_to_canvas(boxes)),
                "labels": torch.from_numpy(labels.astype(np.int64)), "index": index}
+        if self.with_affine:  # canvas = L frame, augmented frame = A frame (same size) -> canvas' = L A L^-1 canvas
+            place = np.array([[lb.scale, 0, lb.pad_x], [0, lb.scale, lb.pad_y], [0, 0, 1]])
+            out["affine"] = torch.from_numpy((place @ matrix @ np.linalg.inv(place))[:2].astype(np.float32))
         if self.with_masks:
             if mask is None:
                 out["mask"] = torch.full((self.input_size, self.input_size), SEG_IGNORE, dtype=torch.uint8)
@@ -94,6 +100,8 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
              "valid": valid, "index": torch.tensor([it["index"] for it in items])}
     if "mask" in items[0]:
         batch["masks"] = torch.stack([it["mask"] for it in items])
+    if "affine" in items[0]:
+        batch["affine"] = torch.stack([it["affine"] for it in items])
     return batch
 
 

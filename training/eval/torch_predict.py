@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -10,7 +12,10 @@ from diffdefect_edge.preprocess import MEAN, STD, letterbox
 from training.data.records import Record
 from training.data.torch_dataset import read_image, to_model_input
 from training.eval.coco_eval import Prediction
-from training.models import DefectDetector
+from training.models import DefectDetector, DetectorOutput
+
+# (model, normalised canvases, the records they show) -> output; the teacher looks up its DDPM features here
+ForwardFn = Callable[[torch.nn.Module, torch.Tensor, list[Record]], DetectorOutput]
 
 EVAL_CONF = 0.001  # mAP is computed over the whole precision-recall curve
 EVAL_IOU = 0.6
@@ -18,8 +23,8 @@ EVAL_IOU = 0.6
 
 @torch.no_grad()
 def predict_records(model: DefectDetector, records: list[Record], input_size: int, conf: float = EVAL_CONF,
-                    iou: float = EVAL_IOU, batch_size: int = 16, device: torch.device | None = None
-                    ) -> list[Prediction]:
+                    iou: float = EVAL_IOU, batch_size: int = 16, device: torch.device | None = None,
+                    forward: ForwardFn | None = None) -> list[Prediction]:
     """Predictions in frame pixels for every record (``image_index`` = position in ``records``)."""
     was_training = model.training
     model.eval()
@@ -33,7 +38,8 @@ def predict_records(model: DefectDetector, records: list[Record], input_size: in
             canvases.append(canvas)
             boxes_maps.append(lb)
         x = to_model_input(torch.from_numpy(np.stack(canvases)).to(device), MEAN, STD)
-        raw = model.decode(model(x), input_size).float().cpu().numpy()
+        out = forward(model, x, chunk) if forward is not None else model(x)
+        raw = model.decode(out, input_size).float().cpu().numpy()
         for offset, (lb, raw_one) in enumerate(zip(boxes_maps, raw)):
             boxes, scores, classes = decode_detections(raw_one, conf, iou)
             boxes = lb.boxes_to_frame(boxes)

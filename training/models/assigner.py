@@ -19,8 +19,9 @@ class Assignment:
 
 
 class TaskAlignedAssigner:
-    def __init__(self, topk: int = 10, alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-9) -> None:
-        self.topk, self.alpha, self.beta, self.eps = topk, alpha, beta, eps
+    def __init__(self, topk: int = 10, alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-9,
+                 nearest: int = 3) -> None:
+        self.topk, self.alpha, self.beta, self.eps, self.nearest = topk, alpha, beta, eps, nearest
 
     @torch.no_grad()
     def __call__(self, pred_scores: torch.Tensor, pred_boxes: torch.Tensor, anchors: torch.Tensor,
@@ -37,6 +38,15 @@ class TaskAlignedAssigner:
         lt = anchors[None, None] - gt_boxes[:, :, None, :2]
         rb = gt_boxes[:, :, None, 2:] - anchors[None, None]
         inside = torch.cat([lt, rb], -1).amin(-1) > self.eps
+        # a box thinner than the finest stride can hold no anchor centre (thin scratches): its nearest anchors
+        # become its candidates instead, so no ground-truth box goes unlearned
+        orphan = ~inside.any(-1) & gt_valid
+        if orphan.any():
+            centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
+            dist = (anchors[None, None] - centres[:, :, None]).pow(2).sum(-1)  # (B, G, A)
+            near = dist.topk(min(self.nearest, a), dim=-1, largest=False).indices
+            fallback = torch.zeros_like(inside).scatter_(-1, near, True)
+            inside = torch.where(orphan[..., None], fallback, inside)
         candidate = inside & gt_valid[:, :, None]
         ious = pairwise_iou(gt_boxes[:, :, None, :], pred_boxes[:, None, :, :]).clamp(min=0) * candidate
         labels = gt_labels.clamp(min=0).long()

@@ -1,0 +1,154 @@
+"""Stage ``resvae``: train the ResVAE on the raw feature repository's training rows, then encode every image
+into the latent repository (float16 means), and measure what the compression keeps.
+
+Rows are read from the repositories in batches (positional reads), never the whole store at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from training.checkpoint import CheckpointError, read_meta, save_weights
+from training.config import ResVAEConfig
+from training.models.resvae import ResVAE, ResVAESpec
+from training.repository import FeatureRepository, RepositoryWriter, open_if_built
+
+log = logging.getLogger(__name__)
+
+
+def iter_rows(repo: FeatureRepository, name: str, rows: Sequence[int], batch: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(rows), batch):
+        yield repo.read_rows(name, rows[i:i + batch])
+
+
+def channel_statistics(repo: FeatureRepository, rows: Sequence[int], batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of array ``features`` over ``rows`` (streamed, float64 sums)."""
+    c = repo.shape("features")[0]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for chunk in iter_rows(repo, "features", rows, batch):
+        x = chunk.astype(np.float64)
+        s1 += x.sum(axis=(0, 2, 3))
+        s2 += (x * x).sum(axis=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+@dataclass
+class ResVAEResult:
+    weights: Path
+    seconds_per_epoch: float
+    final_recon: float
+    compression: float  # raw fp32 bytes / latent bytes per image
+    cosine_val: float  # decoded vs raw features (raw scale), mean over validation images
+    cosine_val_standardized: float  # the same on per-channel standardised features (no channel-mean credit)
+
+
+def train_resvae(cfg: ResVAEConfig, raw: FeatureRepository, train_ids: Sequence[str], out_dir: Path,
+                 seed: int = 0) -> ResVAE:
+    rows = raw.rows_of(train_ids)
+    spec = ResVAESpec(in_channels=raw.shape("features")[0], latent_channels=cfg.latent_channels, hidden=cfg.hidden,
+                      blocks=cfg.blocks, downsample=cfg.downsample)
+    torch.manual_seed(seed)
+    model = ResVAE(spec)
+    model.set_statistics(*channel_statistics(raw, rows))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    steps = max(1, math.ceil(len(rows) / cfg.batch_size))
+    total = cfg.epochs * steps
+    g = torch.Generator().manual_seed(seed)
+    log_rows = []
+    bar = tqdm(range(cfg.epochs), desc="resvae", mininterval=1.0)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        order = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
+        sums = {"recon": 0.0, "kl": 0.0}
+        model.train()
+        for i, chunk in enumerate(iter_rows(raw, "features", order, cfg.batch_size)):
+            step = epoch * steps + i
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+            loss, parts = model.loss(torch.from_numpy(chunk), cfg.kl_weight, g)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            for k in sums:
+                sums[k] += parts[k] / steps
+        log_rows.append((epoch + 1, sums["recon"], sums["kl"], time.perf_counter() - t0))
+        bar.set_postfix(recon=f"{sums['recon']:.4f}")
+    with (out_dir / "loss.csv").open("w") as f:
+        f.write("epoch,recon,kl,seconds\n" + "".join(f"{e},{r:.6f},{k:.4f},{s:.2f}\n" for e, r, k, s in log_rows))
+    model.epoch_seconds = [r[3] for r in log_rows]  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def save_resvae(model: ResVAE, path: Path, meta: dict[str, Any]) -> None:
+    save_weights(path, model.state_dict(), {"kind": "resvae", "spec": model.spec.to_dict(), **meta})
+
+
+def load_resvae(path: str | Path) -> ResVAE:
+    meta = read_meta(path)
+    if meta.get("kind") != "resvae":
+        raise CheckpointError(f"{path}: not a ResVAE checkpoint")
+    model = ResVAE(ResVAESpec(**meta["spec"]))
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the ResVAE spec ({exc})") from None
+    return model.eval()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+
+
+@torch.no_grad()
+def encode_repository(model: ResVAE, raw: FeatureRepository, out: Path, build_key: str, batch: int = 64,
+                      chunk: int = 256) -> FeatureRepository:
+    """Latent means of every image of ``raw`` as float16 array ``latents`` (atomic, resumable)."""
+    existing = open_if_built(out, build_key)
+    if existing is not None:
+        return existing
+    probe = model.encode(torch.from_numpy(raw.read_rows("features", [0])))[0]
+    writer = RepositoryWriter(out, raw.ids, {"latents": (tuple(probe.shape[1:]), "float16")}, build_key,
+                              meta={"kind": "latents", "raw": str(raw.root), **raw.meta})
+    ids = list(range(len(raw.ids)))
+    for start in writer.remaining[::chunk]:
+        rows = ids[start:start + chunk]
+        mus = [model.encode(torch.from_numpy(x))[0].numpy().astype(np.float16)
+               for x in iter_rows(raw, "features", rows, batch)]
+        writer.write_chunk(start, {"latents": np.concatenate(mus)})
+    return writer.finish()
+
+
+@torch.no_grad()
+def reconstruction_quality(model: ResVAE, raw: FeatureRepository, latents: FeatureRepository,
+                           ids: Sequence[str], batch: int = 64) -> tuple[float, float]:
+    """Mean per-image cosine similarity of decoded vs raw features: (raw scale, standardised)."""
+    cos_raw, cos_std = [], []
+    for i in range(0, len(ids), batch):
+        part = ids[i:i + batch]
+        x = torch.from_numpy(raw.get("features", part)).float()
+        decoded = model.decode(torch.from_numpy(latents.get("latents", part)))
+        cos_std.append(_cosine(decoded, model.standardize(x)))
+        cos_raw.append(_cosine(model.destandardize(decoded), x))
+    return float(torch.cat(cos_raw).mean()), float(torch.cat(cos_std).mean())
+
+
+def compression_ratio(raw: FeatureRepository, latents: FeatureRepository) -> float:
+    """Raw features at float32 over latent bytes, per image."""
+    raw_bytes = int(np.prod(raw.shape("features"))) * 4
+    latent_bytes = int(np.prod(latents.shape("latents"))) * latents.dtype("latents").itemsize
+    return raw_bytes / latent_bytes
