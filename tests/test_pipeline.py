@@ -54,11 +54,11 @@ def test_config_errors_name_key_and_file(tmp_path: Path):
 
 
 def test_main_job_runs_every_stage_and_skips_them_on_rerun(tiny_pipeline_run, tiny_pipeline_config: Path):
-    """data -> ddpm -> features -> resvae -> teacher -> baseline -> distill -> export -> report -> demo."""
+    """data -> ddpm -> features -> resvae -> baseline -> teacher -> distill -> export -> report -> demo."""
     import sqlite3
 
     run, res = tiny_pipeline_run
-    assert list(res) == ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill", "export", "report",
+    assert list(res) == ["data", "ddpm", "features", "resvae", "baseline", "teacher", "distill", "export", "report",
                          "demo"]
     assert res["export"]["models"] == ["onnx/fp32", "torch/fp32", "openvino/fp32", "openvino/int8"]
     summary = json.loads((run / "report" / "summary.json").read_text())

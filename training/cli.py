@@ -45,6 +45,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         state = "skipped (done)" if result.get("skipped") else f"{result.get('seconds', 0):.1f} s"
         print(f"[{name}] {state}: " + json.dumps({k: v for k, v in result.items() if k not in ("skipped", "seconds")}))
     print(f"run directory: {run_dir.resolve()}")
+    if "report" in results:
+        print(f"report:  {Path(results['report']['report']).resolve()}")
+        print(f"package: {Path(results['report']['package']).resolve()}  (diffdefect-edge run --model PKG --source ...)")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from training.ablate import run_ablations
+
+    config = load_config(args.config)
+    run_dir = Path(args.out) if args.out else Path("runs") / config.name
+    variants = args.variants.split(",") if args.variants else None
+    path = run_ablations(config, run_dir, variants=variants, data_override=args.data)
+    print(path.read_text())
+    print(f"ablation table: {path.resolve()}")
     return 0
 
 
@@ -138,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--force", action="store_true", help="rerun stages even if done with this config")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("ablate", help="run the ablation grid of a config and write one table")
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    p.add_argument("--out", help="base run directory (default runs/<config name>); variants go under ablate/")
+    p.add_argument("--variants", help="comma-separated subset of full,no_fft_filter,no_resvae,no_gate,"
+                                      "feature_kd_only,response_kd_only")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("train", help="train the detector (also under torchrun --nproc-per-node N)")
     p.add_argument("--config", required=True)

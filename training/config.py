@@ -159,8 +159,8 @@ class ResVAEConfig:
 
     enabled: bool = True  # false: the teacher reads the raw features (ablation "no ResVAE")
     latent_channels: int = 16
-    hidden: int = 96
-    blocks: int = 2
+    hidden: int = 64
+    blocks: int = 1
     downsample: bool = True  # 2x spatial compression
     epochs: int = 40
     batch_size: int = 32
@@ -183,7 +183,9 @@ class FusionConfig:
     filter_sigma: float = 0.25  # Gaussian low-pass width at init, in cycles per pixel (Nyquist = 0.5)
     gate: bool = True  # false: ablation "no gate" (attended signal added with weight 1)
     impl: str = "kernel"  # "kernel" (C++/CUDA) or "reference" (pure torch)
+    init_from_baseline: bool = True  # start the teacher's detector from the trained baseline, then fine-tune
     epochs: int | None = None  # default: train.epochs
+    lr: float | None = None  # default: train.lr
 
     def __post_init__(self) -> None:
         if not self.levels or any(lv not in (0, 1, 2) for lv in self.levels):

@@ -8,8 +8,9 @@ reruns it and everything after it). Stages:
     ddpm      UNet DDPM on the training images, sample grid              -> RUN/ddpm/{ddpm.safetensors,samples.png}
     features  DDPM activations of every image (raw feature repository)  -> RUN/features/raw/
     resvae    ResVAE on the raw features; latent repository (fp16)       -> RUN/resvae/{resvae.safetensors,latents/}
-    teacher   detector + FFT-filtered dynamic cross-attention fusion     -> RUN/teacher/weights/*.safetensors
     baseline  the student architecture trained alone (the control)       -> RUN/baseline/weights/*.safetensors
+    teacher   detector + FFT-filtered dynamic cross-attention fusion     -> RUN/teacher/weights/*.safetensors
+              (by default its detector starts from the baseline and the whole teacher is fine-tuned)
     distill   the student trained from the frozen teacher                -> RUN/distill/weights/*.safetensors
     export    the student's model package (+ the baseline's, FP32)       -> RUN/package/, RUN/export/
     report    baseline / teacher / student / INT8 table and plots        -> RUN/report/report.md
@@ -184,8 +185,9 @@ def stage_teacher(ctx: RunContext) -> dict[str, Any]:
     from training.teacher import TeacherTrainer
 
     train, val = load_split(ctx)
+    init = ctx.stage_dir("baseline") / "weights" / "best.safetensors" if ctx.config.teacher.init_from_baseline else None
     trainer = TeacherTrainer(ctx.config, train, val, ctx.stage_dir("teacher"), feature_source(ctx), resume="auto",
-                             dataset_info=_train_info(ctx))
+                             dataset_info=_train_info(ctx), init_weights=init)
     return _fit_summary(trainer.fit())
 
 
@@ -243,8 +245,8 @@ STAGES: list[Stage] = [
     Stage("ddpm", DDPM_SECTIONS, stage_ddpm),
     Stage("features", FEATURE_SECTIONS, stage_features),
     Stage("resvae", RESVAE_SECTIONS, stage_resvae),
-    Stage("teacher", TEACHER_SECTIONS, stage_teacher),
     Stage("baseline", TRAIN_SECTIONS, stage_baseline),
+    Stage("teacher", TEACHER_SECTIONS, stage_teacher),
     Stage("distill", DISTILL_SECTIONS, stage_distill),
     Stage("export", DISTILL_SECTIONS + ("export",), stage_export),
     Stage("report", DISTILL_SECTIONS + ("export",), stage_report),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from training.checkpoint import CheckpointError, read_meta
+from training.checkpoint import CheckpointError, load_detector, read_meta
 from training.config import ExperimentConfig
 from training.data.records import Dataset, Record
 from training.latents import load_resvae
@@ -120,17 +120,29 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
     resume_sections = TEACHER_SECTIONS
 
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
-                 source: FeatureSource, resume: bool | str = "auto", dataset_info: dict[str, Any] | None = None) -> None:
+                 source: FeatureSource, resume: bool | str = "auto", dataset_info: dict[str, Any] | None = None,
+                 init_weights: str | Path | None = None) -> None:
         super().__init__(config, train_set, val_set, run_dir, resume, dataset_info)
         self.source = source
+        self.init_weights = Path(init_weights) if init_weights else None
 
     @property
     def epochs(self) -> int:
         return self.config.teacher.epochs or self.config.train.epochs
 
+    @property
+    def base_lr(self) -> float:
+        return self.config.teacher.lr or self.config.train.lr
+
     def build_model(self) -> TeacherDetector:
         torch.manual_seed(self.config.seed)
-        return TeacherDetector(self.spec, self.source.channels, self.source.grid, fusion_options(self.config))
+        model = TeacherDetector(self.spec, self.source.channels, self.source.grid, fusion_options(self.config))
+        if self.init_weights is not None:  # the fusion starts as the identity, so this starts at the baseline
+            detector, _ = load_detector(self.init_weights)
+            if detector.spec != self.spec:
+                raise ValueError(f"{self.init_weights}: detector {detector.spec} differs from the teacher's {self.spec}")
+            model.detector.load_state_dict(detector.state_dict())
+        return model
 
     def forward(self, model: nn.Module, images: torch.Tensor, batch: dict[str, torch.Tensor]) -> DetectorOutput:
         return model(images, self.batch_features(batch, images.device))

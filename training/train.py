@@ -149,6 +149,10 @@ class Trainer:
     def epochs(self) -> int:
         return self.config.train.epochs
 
+    @property
+    def base_lr(self) -> float:
+        return self.config.train.lr
+
     # ---- files ----
     @property
     def weights_dir(self) -> Path:
@@ -249,9 +253,9 @@ class Trainer:
             sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0, "seg": 0.0}
             bar = tqdm(loader, desc=f"{self.run_dir.name} {epoch + 1}/{self.epochs}", disable=not dist_info.is_main,
                        leave=False, mininterval=1.0)
-            lr = tcfg.lr
+            lr = self.base_lr
             for i, batch_data in enumerate(bar):
-                lr = lr_at(epoch * iters + i, total_steps, warmup, tcfg.lr, tcfg.final_lr_ratio)
+                lr = lr_at(epoch * iters + i, total_steps, warmup, self.base_lr, tcfg.final_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = to_model_input(batch_data["images"].to(dist_info.device), MEAN, STD)

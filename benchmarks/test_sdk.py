@@ -1,0 +1,112 @@
+"""SDK latency: what the line integrator relies on, measured as ratios within one run.
+
+    python -m pytest benchmarks/test_sdk.py --benchmark-json=benchmarks/sdk.json
+    python benchmarks/report.py benchmarks/sdk.json
+
+Per backend and precision, in the same process:
+- ``raw``: the backend's inference on an already prepared input tensor (what a model benchmark measures);
+- ``end_to_end``: ``det(frame)`` on a camera-sized 1280x720 BGR frame (validation, letterbox, inference,
+  decode, NMS, boxes mapped back to the frame).
+Target: end_to_end / raw <= 1.05.
+And the stream over 64 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue):
+target throughput fps / sync fps >= 1.5 on 2 cores (i.e. time ratio <= 0.667).
+
+The package is the quickstart's architecture (``n`` at 160 px), trained for one epoch on a small synthetic set
+(weights do not change the cost), exported with an INT8 model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from diffdefect_edge import Detector  # noqa: E402
+from diffdefect_edge.backends import BackendError  # noqa: E402
+
+E2E_TARGET, THROUGHPUT_TARGET = 1.05, 1.5
+CASES = [("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32")]
+MEDIANS: dict[tuple, float] = {}
+FRAMES = 64
+
+CONFIG = """
+name: bench
+data: {source: synthetic, val_fraction: 0.25, synthetic: {num_images: 16, size: 160}}
+model: {size: n, input_size: 160}
+train: {epochs: 1, batch_size: 8, eval_every: 1}
+export: {int8: true, calibration_images: 8}
+"""
+
+
+@pytest.fixture(scope="session")
+def package(tmp_path_factory):
+    from training.cli import main
+
+    root = tmp_path_factory.mktemp("bench")
+    (root / "bench.yaml").write_text(CONFIG)
+    assert main(["train", "--config", str(root / "bench.yaml"), "--out", str(root / "run")]) == 0
+    assert main(["export", "--run", str(root / "run"), "--out", str(root / "pkg"), "--int8",
+                 "--calibration-images", "8"]) == 0
+    return root / "pkg"
+
+
+@pytest.fixture(scope="session")
+def frame():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+
+
+def _detector(package, backend, precision, **kw):
+    try:
+        return Detector(package, backend=backend, precision=precision, **kw)
+    except BackendError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("impl", ["raw", "end_to_end"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "/".join(c))
+def test_latency(benchmark, package, frame, case, impl):
+    benchmark.group = f"latency {'/'.join(case)}"
+    with _detector(package, *case) as det:
+        canvas, _ = det.prepare(frame)
+        tensor = det.backend.model_input(canvas[None])
+        fn = (lambda: det.backend.infer_prepared(tensor)) if impl == "raw" else (lambda: det(frame))
+        for _ in range(10):
+            fn()
+        benchmark.pedantic(fn, rounds=200, warmup_rounds=5, iterations=1)
+    MEDIANS[(case, impl)] = benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("impl", ["sync", "throughput"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_stream_fps(benchmark, package, frame, precision, impl):
+    benchmark.group = f"stream {FRAMES} frames openvino/{precision}"
+    frames = [frame] * FRAMES
+    mode = "latency" if impl == "sync" else "throughput"
+    with _detector(package, "openvino", precision, mode=mode) as det:
+        run = lambda: sum(1 for _ in det.stream(frames))  # noqa: E731
+        run()
+        benchmark.pedantic(run, rounds=7, warmup_rounds=1, iterations=1)
+    MEDIANS[("stream", precision, impl)] = benchmark.stats.stats.median
+
+
+def test_targets_as_ratios():
+    failures, lines = [], []
+    for case in CASES:
+        if (case, "raw") in MEDIANS and (case, "end_to_end") in MEDIANS:
+            ratio = MEDIANS[(case, "end_to_end")] / MEDIANS[(case, "raw")]
+            lines.append(f"{'/'.join(case)}: end_to_end / raw = {ratio:.3f} (target <= {E2E_TARGET})")
+            if ratio > E2E_TARGET:
+                failures.append(lines[-1])
+    for precision in ("fp32", "int8"):
+        key = ("stream", precision)
+        if key + ("sync",) in MEDIANS and key + ("throughput",) in MEDIANS:
+            speedup = MEDIANS[key + ("sync",)] / MEDIANS[key + ("throughput",)]
+            lines.append(f"openvino/{precision}: throughput / sync fps = {speedup:.3f} (target >= {THROUGHPUT_TARGET})")
+            if speedup < THROUGHPUT_TARGET:
+                failures.append(lines[-1])
+    print("\n".join(lines))
+    if not lines:
+        pytest.skip("run with the latency benchmarks")
+    assert not failures, "targets missed:\n" + "\n".join(failures)

@@ -1,0 +1,97 @@
+"""Distillation losses, the distilled student's checkpoint, and the ablation grid's plumbing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ablate import ABLATIONS, link_unchanged_stages, variant_config
+from training.checkpoint import load_detector
+from training.config import load_config
+from training.distill import feature_distillation, foreground_weights, response_distillation
+from training.models import DefectDetector, DetectorSpec
+from training.pipeline import RunContext
+
+
+def test_foreground_weights_mark_cells_inside_boxes():
+    boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [40.0, 40.0, 48.0, 48.0]]])
+    valid = torch.tensor([[True, False]])  # the second box is padding
+    w = foreground_weights(boxes, valid, size=64, stride=8, fg=4.0)
+    assert w.shape == (1, 1, 8, 8)
+    assert torch.equal(w[0, 0, :2, :2], torch.full((2, 2), 4.0))
+    assert float(w.sum()) == 4 * 4.0 + 60 * 1.0  # padding boxes do not count
+
+
+def test_feature_distillation_is_zero_only_for_matching_features():
+    torch.manual_seed(0)
+    t = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+    w = [torch.ones(2, 1, 4, 4), torch.ones(2, 1, 2, 2)]
+    assert float(feature_distillation(t, t, w)) < 1e-6
+    # normalised: a scaled and shifted copy of the teacher's map is a perfect student
+    assert float(feature_distillation([3 * x + 1 for x in t], t, w)) < 1e-6
+    s = [x.clone().requires_grad_(True) for x in [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]]
+    loss = feature_distillation(s, t, w)
+    loss.backward()
+    assert float(loss) > 0.5 and all(x.grad is not None and x.grad.abs().sum() > 0 for x in s)
+    # foreground weighting moves the loss towards the weighted cells
+    wf = [torch.ones(2, 1, 4, 4), torch.ones(2, 1, 2, 2)]
+    wf[0][..., 0, 0] = 100.0
+    assert float(feature_distillation(s, t, wf)) != pytest.approx(float(loss))
+
+
+def test_response_distillation_vanishes_when_student_equals_teacher():
+    torch.manual_seed(0)
+    model = DefectDetector(DetectorSpec(num_classes=3)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+    cls, box = response_distillation(out, out, reg_max=16, temperature=2.0)
+    assert float(box) < 1e-6
+    # BCE against itself is the entropy of the teacher's tempered probabilities; a different student costs more
+    other = DefectDetector(DetectorSpec(num_classes=3)).eval()
+    torch.nn.init.normal_(other.heads[0].cls[-1].weight, std=1.0)
+    with torch.no_grad():
+        out2 = other(x)
+    cls2, box2 = response_distillation(out2, out, reg_max=16, temperature=2.0)
+    assert float(cls2) > float(cls) and float(box2) > 0
+
+
+def test_distilled_student_is_a_plain_detector(tiny_pipeline_run):
+    run, res = tiny_pipeline_run
+    student, meta = load_detector(run / "distill" / "weights" / "best.safetensors")
+    baseline, _ = load_detector(run / "baseline" / "weights" / "best.safetensors")
+    assert meta["distilled_from"] == "teacher"
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in baseline.parameters())
+    rows = (run / "distill" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(",")))
+    assert float(first["kd_feat"]) > 0 and float(first["kd_resp"]) > 0
+    assert res["distill"]["parameters"] == res["baseline"]["parameters"]
+
+
+def test_ablation_variants_reuse_unchanged_stages(tiny_pipeline_run, tiny_pipeline_config: Path, tmp_path: Path):
+    run, _ = tiny_pipeline_run
+    base = load_config(tiny_pipeline_config)
+    base_ctx = RunContext(base, run)
+    no_gate = variant_config(base, ABLATIONS["no_gate"])
+    assert no_gate.teacher.gate is False and base.teacher.gate is True
+    linked = link_unchanged_stages(base_ctx, RunContext(no_gate, tmp_path / "no_gate"))
+    assert linked == ["data", "ddpm", "features", "resvae", "baseline"]  # teacher and distill are retrained
+    kd_only = variant_config(base, ABLATIONS["feature_kd_only"])
+    linked = link_unchanged_stages(base_ctx, RunContext(kd_only, tmp_path / "kd"))
+    assert linked == ["data", "ddpm", "features", "resvae", "baseline", "teacher"]
+    no_vae = variant_config(base, ABLATIONS["no_resvae"])
+    assert link_unchanged_stages(base_ctx, RunContext(no_vae, tmp_path / "vae")) == ["data", "ddpm", "features",
+                                                                                      "baseline"]
+    assert json.loads((tmp_path / "kd" / "teacher" / "stage.json").read_text())["result"]
+
+
+def test_ablate_command_rejects_unknown_variants(tiny_pipeline_config: Path, tmp_path: Path, capsys):
+    from training.cli import main
+
+    assert main(["ablate", "--config", str(tiny_pipeline_config), "--out", str(tmp_path), "--variants",
+                 "no_fft,full"]) == 2
+    assert "unknown ablation(s) ['no_fft']" in capsys.readouterr().err
