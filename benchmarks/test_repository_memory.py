@@ -27,7 +27,7 @@ ROW = (144, 20, 20)
 TARGET_MB = 300
 
 EPOCH = textwrap.dedent("""
-    import resource, sys
+    import sys
     import numpy as np, torch
     sys.path.insert(0, {repo!r})
     from torch.utils.data import DataLoader, Dataset
@@ -45,7 +45,9 @@ EPOCH = textwrap.dedent("""
     total = 0.0
     for batch in DataLoader(Rows(repo), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)):
         total += float(batch.float().mean())
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # MB (Linux reports kB)
+    # VmHWM: this process image's peak RSS (ru_maxrss would also carry the forking parent's peak across exec)
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) / 1024.0)  # MB
 """)
 
 

@@ -91,3 +91,15 @@ def test_box_iou_matrix():
     a = np.array([[0, 0, 2, 2]], np.float32)
     b = np.array([[1, 1, 3, 3], [0, 0, 2, 2]], np.float32)
     np.testing.assert_allclose(box_iou(a, b), [[1 / 7, 1.0]], rtol=1e-6)
+
+
+def test_normalize_matches_the_numpy_definition_for_any_mean_and_std():
+    rng = np.random.default_rng(0)
+    canvases = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    x = canvases[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    for mean, std in (([0, 0, 0], [255, 255, 255]), ([123.7, 116.3, 103.5], [58.4, 57.1, 57.4])):
+        ref = (x - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)
+        got = normalize_nchw(canvases, mean, std)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+    assert normalize_nchw(canvases[:0], [0, 0, 0], [1, 1, 1]).shape == (0, 3, 32, 32)
