@@ -7,7 +7,8 @@ Per backend and precision, in the same process:
 - ``raw``: the backend's inference on an already prepared input tensor (what a model benchmark measures);
 - ``end_to_end``: ``det(frame)`` on a camera-sized 1280x720 BGR frame (validation, letterbox, inference,
   decode, NMS, boxes mapped back to the frame).
-Target: end_to_end / raw <= 1.05.
+Target: end_to_end / raw <= 1.05, checked on the two timed alternately call by call (the pytest-benchmark
+groups time them one after the other and are shown for reference).
 And the stream over 64 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue):
 target throughput fps / sync fps >= 1.5 on 2 cores (i.e. time ratio <= 0.667).
 
@@ -16,6 +17,8 @@ The package is the quickstart's architecture (``n`` at 160 px), trained for one 
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -91,14 +94,33 @@ def test_stream_fps(benchmark, package, frame, precision, impl):
     MEDIANS[("stream", precision, impl)] = benchmark.stats.stats.median
 
 
-def test_targets_as_ratios():
+def _interleaved_ratio(det, frame, rounds: int = 300) -> float:
+    """Median of end-to-end over median of raw, the two timed alternately call by call, so that the machine's
+    drifts (other tenants, frequency) hit both alike."""
+    canvas, _ = det.prepare(frame)
+    tensor = det.backend.model_input(canvas[None])
+    raw, e2e = [], []
+    for _ in range(20):
+        det(frame)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        det.backend.infer_prepared(tensor)
+        t1 = time.perf_counter()
+        det(frame)
+        t2 = time.perf_counter()
+        raw.append(t1 - t0)
+        e2e.append(t2 - t1)
+    return float(np.median(e2e) / np.median(raw))
+
+
+def test_targets_as_ratios(package, frame):
     failures, lines = [], []
     for case in CASES:
-        if (case, "raw") in MEDIANS and (case, "end_to_end") in MEDIANS:
-            ratio = MEDIANS[(case, "end_to_end")] / MEDIANS[(case, "raw")]
-            lines.append(f"{'/'.join(case)}: end_to_end / raw = {ratio:.3f} (target <= {E2E_TARGET})")
-            if ratio > E2E_TARGET:
-                failures.append(lines[-1])
+        with _detector(package, *case) as det:
+            ratio = _interleaved_ratio(det, frame)
+        lines.append(f"{'/'.join(case)}: end_to_end / raw = {ratio:.3f} (interleaved; target <= {E2E_TARGET})")
+        if ratio > E2E_TARGET:
+            failures.append(lines[-1])
     for precision in ("fp32", "int8"):
         key = ("stream", precision)
         if key + ("sync",) in MEDIANS and key + ("throughput",) in MEDIANS:
@@ -107,6 +129,4 @@ def test_targets_as_ratios():
             if speedup < THROUGHPUT_TARGET:
                 failures.append(lines[-1])
     print("\n".join(lines))
-    if not lines:
-        pytest.skip("run with the latency benchmarks")
     assert not failures, "targets missed:\n" + "\n".join(failures)
