@@ -63,7 +63,6 @@ class InspectionLog:
         cur = self._db.execute("INSERT INTO runs (started_at, source, model, backend) VALUES (?, ?, ?, ?)",
                                (time.time(), source, model, backend))
         self.run_id = int(cur.lastrowid)
-        self.rows = 0
 
     def record(self, frame_index: int, timestamp: float, detections: Detections,
                crop_paths: list[str] | None = None) -> None:
@@ -85,7 +84,6 @@ class InspectionLog:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(inspection_id, name, score, *map(float, box), path)
                  for (box, score, _, name), path in zip(detections, paths)])
-        self.rows += 1
 
     def close(self) -> None:
         self._db.close()

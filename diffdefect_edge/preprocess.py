@@ -112,9 +112,9 @@ def normalize_nchw(canvases: np.ndarray, mean: list[float], std: list[float], rg
     n, h, w = canvases.shape[:3]
     if n == 0:
         return np.empty((0, 3, h, w), np.float32)
-    scale = 1.0 / float(std[0]) if len(set(std)) == 1 else 1.0
-    blob = cv2.dnn.blobFromImages(list(canvases), scalefactor=scale, size=(w, h), mean=tuple(float(m) for m in mean),
-                                  swapRB=rgb, crop=False)
-    if len(set(std)) != 1:
+    uniform_std = len(set(std)) == 1
+    blob = cv2.dnn.blobFromImages(list(canvases), scalefactor=1.0 / float(std[0]) if uniform_std else 1.0,
+                                  size=(w, h), mean=tuple(float(m) for m in mean), swapRB=rgb, crop=False)
+    if not uniform_std:
         blob /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
     return blob

@@ -18,7 +18,7 @@ import pytest
 
 from diffdefect_edge import Detector
 from diffdefect_edge.cli import main as cli_main
-from diffdefect_edge.loop import LoopOutputs, run_loop
+from diffdefect_edge.loop import run_loop
 from diffdefect_edge.sources import FileSource, LiveSource
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ConfigError, config_from_dict, load_config
+from training.config import ConfigError, config_from_dict
 from training.data.augment import AugmentConfig
 from training.data.torch_dataset import DetectionDataset
 from training.ddpm import NoiseSchedule, load_ddpm, sample
@@ -18,7 +17,6 @@ from training.features import FeatureExtractor, image_noise
 from training.models import DetectorSpec
 from training.models.fusion import DynamicCrossAttention, FFTFilter, Fusion, gaussian_lowpass
 from training.models.unet import UNet, UNetSpec
-from training.pipeline import RunContext, feature_source, load_split, run_pipeline
 from training.repository import FeatureRepository
 from training.teacher import TeacherDetector, TeacherTrainer, load_teacher, warp_features
 
@@ -199,7 +197,7 @@ def test_teacher_overfits_eight_training_images(tmp_path: Path):
         "teacher": {"levels": [0, 1], "heads": 2}})
     ddpm = train_ddpm(config.ddpm, eight.records, 128, tmp_path / "ddpm")
     raw = build_feature_repository(ddpm.weights, eight.records, 128, config.features, tmp_path / "raw", build_key="t")
-    vae = train_resvae(config.resvae, raw, raw.ids, tmp_path)
+    vae, _ = train_resvae(config.resvae, raw, raw.ids, tmp_path)
     save_resvae(vae, tmp_path / "resvae.safetensors", {})
     latents = encode_repository(vae, raw, tmp_path / "latents", build_key="t")
     source = FeatureSource(latents, tmp_path / "resvae.safetensors")

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ExperimentConfig, config_from_dict
-from training.eval.coco_eval import evaluate_detections
-from training.eval.torch_predict import predict_records
+from training.report import evaluate_checkpoint, evaluate_teacher
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +69,11 @@ def link_unchanged_stages(base_ctx, ctx) -> list[str]:
 
 def evaluate_run(ctx) -> dict[str, float]:
     """Teacher and student mAP on the validation split (torch)."""
-    from training.checkpoint import load_detector
-    from training.pipeline import feature_source, load_split
-    from training.teacher import load_teacher
+    from training.pipeline import load_split
 
     _, val = load_split(ctx)
-    size = ctx.config.model.input_size
-    teacher, _ = load_teacher(ctx.stage_dir("teacher") / "weights" / "best.safetensors")
-    source = feature_source(ctx)
-    t_preds = predict_records(teacher, val.records, size,
-                              forward=lambda m, x, recs: m(x, source([r.image_id for r in recs])))
-    t = evaluate_detections(val.records, val.class_names, t_preds)
-    student, _ = load_detector(ctx.stage_dir("distill") / "weights" / "best.safetensors")
-    s = evaluate_detections(val.records, val.class_names, predict_records(student, val.records, size))
+    t = evaluate_teacher(ctx, val.records, val.class_names)[0]
+    s = evaluate_checkpoint(ctx.stage_dir("distill") / "weights" / "best.safetensors", val.records, val.class_names)
     return {"teacher_map50": t.map50, "teacher_map50_95": t.map50_95, "student_map50": s.map50,
             "student_map50_95": s.map50_95}
 
@@ -90,7 +81,6 @@ def evaluate_run(ctx) -> dict[str, float]:
 def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[str] | None = None,
                   data_override: str | Path | None = None) -> Path:
     """Run the grid; write ``RUN/ablate/ablation.md`` and ``ablation.json``; return the markdown path."""
-    from training.checkpoint import load_detector
     from training.pipeline import RunContext, load_split, run_pipeline
 
     names = variants or list(ABLATIONS)
@@ -102,9 +92,8 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
     base_ctx = RunContext(config, run_dir, override)
     run_pipeline(config, run_dir, stages=TRAINING_STAGES, data_override=override)
     _, val = load_split(base_ctx)
-    baseline, _ = load_detector(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors")
-    b = evaluate_detections(val.records, val.class_names,
-                            predict_records(baseline, val.records, config.model.input_size))
+    b = evaluate_checkpoint(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors", val.records,
+                            val.class_names)
     rows: dict[str, dict[str, Any]] = {}
     out = run_dir / "ablate"
     for name in names:

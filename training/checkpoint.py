@@ -50,6 +50,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
 
 
+def read_kind_meta(path: str | Path, kind: str, label: str) -> dict[str, Any]:
+    """The metadata of a checkpoint that must be of ``kind`` (``"ddpm"``, ``"resvae"``, ``"teacher"``)."""
+    meta = read_meta(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: not a {label} checkpoint")
+    return meta
+
+
+def load_strict(model: torch.nn.Module, path: str | Path, label: str) -> torch.nn.Module:
+    """Load a checkpoint's weights into ``model`` (strict) and return it in eval mode."""
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the {label} spec ({exc})") from None
+    return model.eval()
+
+
 def load_detector(path: str | Path) -> tuple[DefectDetector, dict[str, Any]]:
     """Rebuild the detector a checkpoint was saved from and load its weights (strict)."""
     meta = read_meta(path)
@@ -57,12 +74,7 @@ def load_detector(path: str | Path) -> tuple[DefectDetector, dict[str, Any]]:
         spec = DetectorSpec(**meta["spec"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata has no valid model spec ({exc})") from None
-    model = DefectDetector(spec)
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model spec ({exc})") from None
-    return model.eval(), meta
+    return load_strict(DefectDetector(spec), path, "model"), meta
 
 
 def checkpoint_meta(spec: DetectorSpec, class_names: list[str], config: dict[str, Any],

@@ -21,11 +21,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from diffdefect_edge.preprocess import letterbox
-from training.checkpoint import CheckpointError, load_train_state, read_meta, save_train_state, save_weights
+from training.checkpoint import load_strict, load_train_state, read_kind_meta, save_train_state, save_weights
 from training.config import DDPMConfig
 from training.data.records import Record
 from training.data.torch_dataset import read_image
@@ -207,12 +206,6 @@ def train_ddpm(cfg: DDPMConfig, records: list[Record], canvas_size: int, out_dir
 
 def load_ddpm(path: str | Path) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
     """The EMA UNet, its schedule and the metadata of a ``ddpm.safetensors``."""
-    meta = read_meta(path)
-    if meta.get("kind") != "ddpm":
-        raise CheckpointError(f"{path}: not a DDPM checkpoint")
-    model = UNet(UNetSpec.from_dict(meta["unet"]))
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the UNet spec ({exc})") from None
-    return model.eval(), NoiseSchedule(meta["timesteps"], meta["schedule"]), meta
+    meta = read_kind_meta(path, "ddpm", "DDPM")
+    model = load_strict(UNet(UNetSpec.from_dict(meta["unet"])), path, "UNet")
+    return model, NoiseSchedule(meta["timesteps"], meta["schedule"]), meta

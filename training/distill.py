@@ -24,7 +24,7 @@ from training.config import ExperimentConfig
 from training.data.records import Dataset
 from training.models import DetectorOutput
 from training.models.detector import STRIDES
-from training.teacher import TEACHER_SECTIONS, FeatureLookupMixin, FeatureSource, load_teacher
+from training.teacher import TEACHER_RESUME_SECTIONS, FeatureLookupMixin, FeatureSource, load_teacher
 from training.train import Trainer
 
 
@@ -74,7 +74,7 @@ def response_distillation(student: DetectorOutput, teacher: DetectorOutput, reg_
 
 
 class DistillTrainer(FeatureLookupMixin, Trainer):
-    resume_sections = TEACHER_SECTIONS + ("distill",)
+    resume_sections = TEACHER_RESUME_SECTIONS + ("distill",)
 
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
                  teacher_weights: str | Path, source: FeatureSource, resume: bool | str = "auto",
@@ -84,6 +84,7 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
         self.teacher, _ = load_teacher(teacher_weights, impl="kernel")
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.teacher.to(self.dist.device)
         if self.teacher.spec != self.spec:
             raise ValueError(f"{teacher_weights}: the teacher's detector {self.teacher.spec} differs from the "
                              f"student's {self.spec}; distillation matches their neck levels one to one")
@@ -98,7 +99,6 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
         loss, parts = self.loss_fn(out, batch)
         if self.cfg.feature_weight == 0 and self.cfg.response_weight == 0:
             return loss, parts
-        self.teacher.to(images.device).eval()
         with torch.no_grad():
             t_out = self.teacher(images, self.batch_features(batch, images.device))
         n = images.shape[0]  # the detection loss is summed over the batch; keep the KD terms on the same scale

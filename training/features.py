@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from training.config import FeaturesConfig
 from training.data.records import Record
-from training.ddpm import NoiseSchedule, ddpm_input, load_ddpm
 from training.data.torch_dataset import read_image
+from training.ddpm import NoiseSchedule, ddpm_input, load_ddpm
 from training.models.unet import UNet
 from training.repository import FeatureRepository, RepositoryWriter, open_if_built
 

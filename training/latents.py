@@ -10,16 +10,14 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from training.checkpoint import CheckpointError, read_meta, save_weights
+from training.checkpoint import load_strict, read_kind_meta, save_weights
 from training.config import ResVAEConfig
 from training.models.resvae import ResVAE, ResVAESpec
 from training.repository import FeatureRepository, RepositoryWriter, open_if_built
@@ -46,18 +44,9 @@ def channel_statistics(repo: FeatureRepository, rows: Sequence[int], batch: int 
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
-@dataclass
-class ResVAEResult:
-    weights: Path
-    seconds_per_epoch: float
-    final_recon: float
-    compression: float  # raw fp32 bytes / latent bytes per image
-    cosine_val: float  # decoded vs raw features (raw scale), mean over validation images
-    cosine_val_standardized: float  # the same on per-channel standardised features (no channel-mean credit)
-
-
 def train_resvae(cfg: ResVAEConfig, raw: FeatureRepository, train_ids: Sequence[str], out_dir: Path,
-                 seed: int = 0) -> ResVAE:
+                 seed: int = 0) -> tuple[ResVAE, float]:
+    """Train on the ``train_ids`` rows of ``raw``; write ``loss.csv``; return (model in eval mode, seconds per epoch)."""
     rows = raw.rows_of(train_ids)
     spec = ResVAESpec(in_channels=raw.shape("features")[0], latent_channels=cfg.latent_channels, hidden=cfg.hidden,
                       blocks=cfg.blocks, downsample=cfg.downsample)
@@ -90,8 +79,7 @@ def train_resvae(cfg: ResVAEConfig, raw: FeatureRepository, train_ids: Sequence[
         bar.set_postfix(recon=f"{sums['recon']:.4f}")
     with (out_dir / "loss.csv").open("w") as f:
         f.write("epoch,recon,kl,seconds\n" + "".join(f"{e},{r:.6f},{k:.4f},{s:.2f}\n" for e, r, k, s in log_rows))
-    model.epoch_seconds = [r[3] for r in log_rows]  # type: ignore[attr-defined]
-    return model.eval()
+    return model.eval(), sum(r[3] for r in log_rows) / len(log_rows)
 
 
 def save_resvae(model: ResVAE, path: Path, meta: dict[str, Any]) -> None:
@@ -99,15 +87,8 @@ def save_resvae(model: ResVAE, path: Path, meta: dict[str, Any]) -> None:
 
 
 def load_resvae(path: str | Path) -> ResVAE:
-    meta = read_meta(path)
-    if meta.get("kind") != "resvae":
-        raise CheckpointError(f"{path}: not a ResVAE checkpoint")
-    model = ResVAE(ResVAESpec(**meta["spec"]))
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the ResVAE spec ({exc})") from None
-    return model.eval()
+    meta = read_kind_meta(path, "resvae", "ResVAE")
+    return load_strict(ResVAE(ResVAESpec(**meta["spec"])), path, "ResVAE")
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

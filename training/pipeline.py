@@ -151,7 +151,7 @@ def stage_resvae(ctx: RunContext) -> dict[str, Any]:
         stats.set_statistics(*channel_statistics(raw, raw.rows_of([r.image_id for r in train.records])))
         save_resvae(stats, out / "resvae.safetensors", {**provenance, "trained": False})
         return {"enabled": False, "weights": str(out / "resvae.safetensors")}
-    model = train_resvae(cfg.resvae, raw, [r.image_id for r in train.records], out, seed=cfg.seed)
+    model, seconds_per_epoch = train_resvae(cfg.resvae, raw, [r.image_id for r in train.records], out, seed=cfg.seed)
     save_resvae(model, out / "resvae.safetensors", {**provenance, "trained": True})
     latents = encode_repository(model, raw, out / "latents", build_key=cfg.section_hash(*RESVAE_SECTIONS))
     cos_raw, cos_std = reconstruction_quality(model, raw, latents, [r.image_id for r in val.records])
@@ -159,7 +159,7 @@ def stage_resvae(ctx: RunContext) -> dict[str, Any]:
             "latent_shape": list(latents.shape("latents")),
             "compression_vs_fp32": round(compression_ratio(raw, latents), 1),
             "val_cosine": round(cos_raw, 4), "val_cosine_standardized": round(cos_std, 4),
-            "seconds_per_epoch": round(sum(model.epoch_seconds) / len(model.epoch_seconds), 2)}
+            "seconds_per_epoch": round(seconds_per_epoch, 2)}
 
 
 def feature_source(ctx: RunContext):

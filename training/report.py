@@ -28,19 +28,33 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def teacher_metrics(ctx, val_records: list, class_names: list[str]) -> tuple[DetectionMetrics, dict[str, Any]]:
-    """The teacher on the validation images (torch, kernels), plus its size, GFLOPs and torch CPU latency."""
-    from torch.utils.flop_counter import FlopCounterMode
+def evaluate_checkpoint(path: Path, records: list, class_names: list[str]) -> DetectionMetrics:
+    """A plain detector checkpoint (baseline, student) on ``records`` with torch, decoded as the SDK does."""
+    from training.checkpoint import load_detector
 
+    model, meta = load_detector(path)
+    return evaluate_detections(records, class_names, predict_records(model, records, int(meta["input_size"])))
+
+
+def evaluate_teacher(ctx, records: list, class_names: list[str]):
+    """The run's best teacher on ``records`` (torch, kernels, DDPM features looked up by id).
+
+    Returns (metrics, teacher, feature source, input size)."""
     from training.pipeline import feature_source
-    from training.teacher import load_teacher
+    from training.teacher import load_teacher, with_features
 
     teacher, meta = load_teacher(ctx.stage_dir("teacher") / "weights" / "best.safetensors")
     source = feature_source(ctx)
     size = int(meta["input_size"])
-    preds = predict_records(teacher, val_records, size,
-                            forward=lambda m, x, recs: m(x, source([r.image_id for r in recs])))
-    metrics = evaluate_detections(val_records, class_names, preds)
+    preds = predict_records(teacher, records, size, forward=with_features(source))
+    return evaluate_detections(records, class_names, preds), teacher, source, size
+
+
+def teacher_metrics(ctx, val_records: list, class_names: list[str]) -> tuple[DetectionMetrics, dict[str, Any]]:
+    """The teacher on the validation images (torch, kernels), plus its size, GFLOPs and torch CPU latency."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    metrics, teacher, source, size = evaluate_teacher(ctx, val_records, class_names)
     x = torch.zeros(1, 3, size, size)
     feats = source([val_records[0].image_id])
     counter = FlopCounterMode(display=False)

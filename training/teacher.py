@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from training.checkpoint import CheckpointError, load_detector, read_meta
+from training.checkpoint import load_detector, load_strict, read_kind_meta
 from training.config import ExperimentConfig
-from training.data.records import Dataset, Record
+from training.data.records import Dataset
+from training.eval.torch_predict import ForwardFn
 from training.latents import load_resvae
 from training.models import DefectDetector, DetectorOutput, DetectorSpec
 from training.models.fusion import Fusion
@@ -28,7 +28,8 @@ from training.train import Trainer
 
 log = logging.getLogger(__name__)
 
-TEACHER_SECTIONS = ("data", "model", "ddpm", "features", "resvae", "teacher")
+# config sections a resumed teacher run must share (train is compared separately, without its epochs)
+TEACHER_RESUME_SECTIONS = ("data", "model", "ddpm", "features", "resvae", "teacher")
 
 
 class FeatureSource:
@@ -80,7 +81,6 @@ class TeacherDetector(nn.Module):
         super().__init__()
         self.spec = spec
         self.detector = DefectDetector(spec)
-        self.fusion_options = dict(fusion)
         self.fusion = Fusion(ddpm_channels, grid, self.detector.feature_channels, **fusion)
 
     def forward(self, x: torch.Tensor, ddpm: torch.Tensor) -> DetectorOutput:
@@ -112,12 +112,14 @@ class FeatureLookupMixin:
         feats = self.source(ids, device)
         return warp_features(feats, batch["affine"], self.input_size) if "affine" in batch else feats
 
-    def records_features(self, records: list[Record], device: torch.device) -> torch.Tensor:
-        return self.source([r.image_id for r in records], device)
+
+def with_features(source: FeatureSource) -> ForwardFn:
+    """``predict_records(forward=...)`` for a teacher: each batch's DDPM features looked up by image id."""
+    return lambda model, x, records: model(x, source([r.image_id for r in records], x.device))
 
 
 class TeacherTrainer(FeatureLookupMixin, Trainer):
-    resume_sections = TEACHER_SECTIONS
+    resume_sections = TEACHER_RESUME_SECTIONS
 
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
                  source: FeatureSource, resume: bool | str = "auto", dataset_info: dict[str, Any] | None = None,
@@ -147,8 +149,8 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
     def forward(self, model: nn.Module, images: torch.Tensor, batch: dict[str, torch.Tensor]) -> DetectorOutput:
         return model(images, self.batch_features(batch, images.device))
 
-    def eval_forward(self):
-        return lambda model, x, records: model(x, self.records_features(records, x.device))
+    def eval_forward(self) -> ForwardFn:
+        return with_features(self.source)
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
         return super()._meta(kind="teacher", ddpm_channels=self.source.channels, grid=self.source.grid,
@@ -157,15 +159,9 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
 
 def load_teacher(path: str | Path, impl: str | None = None) -> tuple[TeacherDetector, dict[str, Any]]:
     """Rebuild a teacher from its checkpoint (optionally switching its ops to ``impl``)."""
-    meta = read_meta(path)
-    if meta.get("kind") != "teacher":
-        raise CheckpointError(f"{path}: not a teacher checkpoint")
+    meta = read_kind_meta(path, "teacher", "teacher")
     fusion = dict(meta["fusion"])
     if impl is not None:
         fusion["impl"] = impl
     model = TeacherDetector(DetectorSpec(**meta["spec"]), meta["ddpm_channels"], meta["grid"], fusion)
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the teacher spec ({exc})") from None
-    return model.eval(), meta
+    return load_strict(model, path, "teacher"), meta

@@ -113,6 +113,7 @@ class Trainer:
     """Trains one detector on (train, val). Subclasses change :meth:`compute_loss` (distillation does)."""
 
     resume_sections: tuple[str, ...] = ("data", "model")  # config sections a resumed run must share
+
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
                  resume: bool | str = "auto", dataset_info: dict[str, Any] | None = None) -> None:
         self.config, self.train_set, self.val_set = config, train_set, val_set
