@@ -58,6 +58,7 @@ class Detector:
         self.input_size = self.package.input_size
         self.pad_value = int(self.package.metadata["input"]["letterbox"]["pad_value"])
         self.backend: Backend = create_backend(self.package, backend, device, precision, num_threads, mode)
+        self._local = threading.local()  # per-thread canvas reused by __call__
 
     def __repr__(self) -> str:
         d = self.backend.describe()
@@ -66,9 +67,19 @@ class Detector:
 
     # ---- steps ----
     def prepare(self, frame: np.ndarray, color: str = "bgr") -> tuple[np.ndarray, Letterbox]:
-        """Validate one frame and letterbox it onto the model canvas."""
+        """Validate one frame and letterbox it onto a new model canvas."""
         bgr = to_bgr(frame, color)
         return letterbox(bgr, self.input_size, self.pad_value)
+
+    def _prepare_reused(self, frame: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
+        """As :meth:`prepare`, into this thread's canvas (synchronous calls only: the backend is done with its
+        input when the call returns, so the canvas is free again)."""
+        bgr = to_bgr(frame, color)
+        local = self._local
+        canvas, lb = letterbox(bgr, self.input_size, self.pad_value, out=getattr(local, "canvas", None),
+                               out_placement=getattr(local, "placement", None))
+        local.canvas, local.placement = canvas, lb
+        return canvas, lb
 
     def postprocess(self, dets: np.ndarray, seg: np.ndarray | None, lb: Letterbox,
                     meta: dict | None = None) -> Detections:
@@ -98,7 +109,7 @@ class Detector:
     def __call__(self, frame: np.ndarray, color: str = "bgr") -> Detections:
         """Detect defects in one frame (BGR uint8 (H, W, 3), or gray; ``color="rgb"`` for RGB input)."""
         start = time.perf_counter()
-        canvas, lb = self.prepare(frame, color)
+        canvas, lb = self._prepare_reused(frame, color)
         dets, seg = self.backend.infer(canvas[None])
         out = self.postprocess(dets[0], None if seg is None else seg[0], lb)
         out.meta["latency_ms"] = round((time.perf_counter() - start) * 1e3, 3)

@@ -53,7 +53,10 @@ def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: 
     if raw.ndim != 2 or raw.shape[1] < 5:
         raise ValueError(f"model output must be (A, 4 + C) per image, got shape {raw.shape}")
     boxes, probs = raw[:, :4], raw[:, 4:]
-    anchor_idx, class_ids = np.nonzero(probs > conf)
+    above = probs > conf
+    if not above.any():  # the usual frame on a line: no defect, nothing to decode
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    anchor_idx, class_ids = np.nonzero(above)
     scores = probs[anchor_idx, class_ids]
     if scores.size > max_candidates:
         top = np.argpartition(-scores, max_candidates)[:max_candidates]

@@ -53,20 +53,31 @@ def letterbox_params(width: int, height: int, size: int) -> Letterbox:
 
 
 def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE,
-              interpolation: int = cv2.INTER_LINEAR, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Place ``image`` (H, W[, C] uint8) on a ``size`` x ``size`` canvas; returns the canvas and the placement."""
+              interpolation: int = cv2.INTER_LINEAR, out: np.ndarray | None = None,
+              out_placement: Letterbox | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Place ``image`` (H, W[, C] uint8) on a ``size`` x ``size`` canvas; returns the canvas and the placement.
+
+    With ``out`` (a canvas of the right shape and dtype) the image is resized straight into it. If ``out`` last
+    held a frame of the same placement (``out_placement``), its pad bands already hold ``pad_value`` and are
+    not rewritten: a camera loop then only pays for the resize.
+    """
     h, w = image.shape[:2]
     lb = letterbox_params(w, h, size)
     new_w, new_h = max(1, round(w * lb.scale)), max(1, round(h * lb.scale))
-    resized = image if (new_w, new_h) == (w, h) else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     shape = (size, size) + image.shape[2:]
     if out is None or out.shape != shape or out.dtype != image.dtype:
-        out = np.empty(shape, dtype=image.dtype)
-    if (new_w, new_h) != (size, size):
+        out, out_placement = np.empty(shape, dtype=image.dtype), None
+    if (new_w, new_h) != (size, size) and out_placement != lb:
         out[...] = pad_value
-    if resized.ndim < out.ndim:
-        resized = resized.reshape(resized.shape + (1,))
-    out[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w] = resized
+    region = out[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w]
+    if (new_w, new_h) == (w, h):
+        region[...] = image.reshape(region.shape)
+    else:
+        # OpenCV writes into a 2-D or 3-channel view in place (a one-channel 3-D view it cannot take)
+        dst = region if region.ndim == 2 or region.shape[2] != 1 else None
+        resized = cv2.resize(image, (new_w, new_h), dst=dst, interpolation=interpolation)
+        if dst is None or not np.shares_memory(resized, region):
+            region[...] = resized.reshape(region.shape)
     return out, lb
 
 

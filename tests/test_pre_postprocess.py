@@ -26,6 +26,25 @@ def test_letterbox_of_gray_and_mask_keeps_the_channel_layout():
     assert canvas.shape == (64, 64)
 
 
+def test_letterbox_into_a_reused_canvas_equals_a_fresh_one():
+    """The camera path resizes into last frame's canvas and skips the pads when the placement is unchanged:
+    the canvas must still be exactly what a fresh letterbox gives, also when the frame size changes."""
+    rng = np.random.default_rng(0)
+    shapes = [(720, 1280, 3), (720, 1280, 3), (300, 120, 3), (720, 1280, 3), (64, 64, 3), (90, 50, 3)]
+    canvas, placement = None, None
+    for shape in shapes:
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected, expected_lb = letterbox(frame, 64)
+        canvas, placement = letterbox(frame, 64, out=canvas, out_placement=placement)
+        assert placement == expected_lb
+        np.testing.assert_array_equal(canvas, expected)
+    for shape in [(50, 80), (50, 80, 1)]:  # one-channel frames into one-channel canvases
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected, _ = letterbox(frame, 32, pad_value=0)
+        reused, _ = letterbox(frame, 32, pad_value=0, out=np.full(expected.shape, 9, np.uint8))
+        np.testing.assert_array_equal(reused, expected)
+
+
 def test_boxes_are_clipped_to_the_frame():
     _, lb = letterbox(np.zeros((100, 200, 3), np.uint8), 64)
     out = lb.boxes_to_frame(np.array([[-10, -10, 100, 100]], np.float32))

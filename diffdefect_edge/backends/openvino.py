@@ -1,9 +1,13 @@
-"""OpenVINO backend: CPU, GPU, NPU or AUTO; preprocessing runs inside the graph; AsyncInferQueue for throughput."""
+"""OpenVINO backend: CPU, GPU, NPU or AUTO; preprocessing runs inside the graph; AsyncInferQueue for throughput.
+
+The package's IR takes the letterboxed BGR uint8 canvas (cast, channel swap and scaling are embedded in it).
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +33,65 @@ def available_devices() -> list[str]:
     return list(core().available_devices)
 
 
+class _Graph:
+    """One compiled model with its pool of sync requests and, once used, its AsyncInferQueue."""
+
+    def __init__(self, compiled: ov.CompiledModel, async_requests: int) -> None:
+        self.compiled = compiled
+        self.has_seg = len(compiled.outputs) > 1
+        self._async_requests = async_requests
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._async: ov.AsyncInferQueue | None = None
+        self._async_lock = threading.Lock()
+
+    def outputs(self, request: ov.InferRequest) -> RawOutput:
+        """Copies of a finished request's outputs (the request's buffers are reused by its next call)."""
+        dets = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        seg = np.array(request.get_output_tensor(1).data, dtype=np.float32) if self.has_seg else None
+        return dets, seg
+
+    def infer(self, tensor: np.ndarray) -> RawOutput:
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            # share_inputs: OpenVINO reads the caller's array in place instead of copying it first
+            request.infer({0: tensor}, share_inputs=True)
+            return self.outputs(request)
+        finally:
+            self._requests.put(request)
+
+    def submit(self, tensor: np.ndarray, callback: Callable[[RawOutput | BaseException, Any], None],
+               userdata: Any) -> None:
+        with self._async_lock:
+            if self._async is None:
+                self._async = ov.AsyncInferQueue(self.compiled, self._async_requests)
+
+                def done(request: ov.InferRequest, data: Any) -> None:
+                    cb, user = data
+                    try:
+                        result: RawOutput | BaseException = self.outputs(request)
+                    except Exception as exc:  # handed to the caller, never lost in the callback thread
+                        result = exc
+                    cb(result, user)
+
+                self._async.set_callback(done)
+            # the queue copies the input (share_inputs=False): the caller may reuse its array at once
+            self._async.start_async({0: tensor}, (callback, userdata))
+
+    def wait_all(self) -> None:
+        with self._async_lock:
+            if self._async is not None:
+                self._async.wait_all()
+
+
 class OpenVINOBackend(Backend):
+    """Each batch size gets its own compiled graph with static shapes (the IR's batch is dynamic): static shapes
+    ran 8-11% faster on 2 cores (measured), and a camera loop uses one batch size."""
+
     name = "openvino"
+    GRAPHS = 4  # compiled batch sizes kept; the least recently used is dropped
 
     def __init__(self, package: ModelPackage, model_file: ModelFile, device: str = "CPU",
                  num_threads: int | None = None, mode: str = "latency") -> None:
@@ -42,59 +103,64 @@ class OpenVINOBackend(Backend):
             if model_file.precision == "fp32":
                 # CPUs with bf16/AMX would otherwise run an FP32 model in bf16
                 config["INFERENCE_PRECISION_HINT"] = "f32"
+        self._config = config
+        self._graphs: OrderedDict[int, _Graph] = OrderedDict()
+        self._graphs_lock = threading.Lock()
+        self.compiled = self.graph(1).compiled  # reads, checks and compiles the IR now
+
+    def _compile(self, model: ov.Model) -> ov.CompiledModel:
         try:
-            self.compiled = core().compile_model(str(model_file.path), self.device, config)
+            return core().compile_model(model, self.device, self._config)
         except RuntimeError as exc:
-            raise BackendError(f"{model_file.path}: OpenVINO could not compile it for device {self.device!r} "
+            raise BackendError(f"{self.model_file.path}: OpenVINO could not compile it for device {self.device!r} "
                                f"(available: {available_devices()}): {str(exc).splitlines()[0]}") from None
-        self._has_seg = len(self.compiled.outputs) > 1
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._async: ov.AsyncInferQueue | None = None
-        self._async_lock = threading.Lock()
 
     @property
     def optimal_requests(self) -> int:
         """Requests kept in flight: twice OpenVINO's optimum in throughput mode, so that a queued request is ready
-        whenever a stream frees up while Python letterboxes and decodes (measured here, 2 cores: 4 requests
-        stream 1.4x faster than 2)."""
+        whenever a stream frees up while Python decodes (measured here, 2 cores: 4 requests stream 1.4x faster
+        than 2)."""
         optimum = max(2, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return 2 * optimum if self.mode == "throughput" else optimum
 
-    def _outputs(self, request: ov.InferRequest) -> RawOutput:
-        """Copies of a finished request's outputs (the request's buffers are reused by its next call)."""
-        dets = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-        seg = np.array(request.get_output_tensor(1).data, dtype=np.float32) if self._has_seg else None
-        return dets, seg
+    def graph(self, batch: int) -> _Graph:
+        """The compiled graph for batches of this size (built on first use: about 0.1 s for the quickstart)."""
+        with self._graphs_lock:
+            graph = self._graphs.get(batch)
+            if graph is not None:
+                self._graphs.move_to_end(batch)
+                return graph
+        compiled = self._compile(self._read(batch))
+        optimum = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        graph = _Graph(compiled, 2 * optimum if self.mode == "throughput" else optimum)
+        with self._graphs_lock:
+            graph = self._graphs.setdefault(batch, graph)
+            self._graphs.move_to_end(batch)
+            dropped = [self._graphs.popitem(last=False)[1] for _ in range(len(self._graphs) - self.GRAPHS)]
+        for old in dropped:
+            old.wait_all()
+        return graph
+
+    def _read(self, batch: int) -> ov.Model:
+        try:
+            model = core().read_model(str(self.model_file.path))
+        except RuntimeError as exc:
+            raise BackendError(f"{self.model_file.path}: OpenVINO could not read it: {str(exc).splitlines()[0]}") \
+                from None
+        size = self.package.input_size
+        model.reshape({model.inputs[0]: ov.PartialShape([batch, size, size, 3])})
+        return model
 
     def infer_prepared(self, tensor: np.ndarray) -> RawOutput:
-        try:
-            request = self._requests.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
-        try:
-            request.infer({0: tensor})
-            return self._outputs(request)
-        finally:
-            self._requests.put(request)
+        return self.graph(len(tensor)).infer(tensor)
 
     def submit(self, canvases: np.ndarray, callback: Callable[[RawOutput | BaseException, Any], None],
                userdata: Any) -> None:
-        with self._async_lock:
-            if self._async is None:
-                self._async = ov.AsyncInferQueue(self.compiled, self.optimal_requests)
-
-                def done(request: ov.InferRequest, data: Any) -> None:
-                    cb, user = data
-                    try:
-                        result: RawOutput | BaseException = self._outputs(request)
-                    except Exception as exc:  # handed to the caller, never lost in the callback thread
-                        result = exc
-                    cb(result, user)
-
-                self._async.set_callback(done)
-            self._async.start_async({0: self.model_input(canvases)}, (callback, userdata))
+        tensor = self.model_input(canvases)
+        self.graph(len(tensor)).submit(tensor, callback, userdata)
 
     def wait_all(self) -> None:
-        with self._async_lock:
-            if self._async is not None:
-                self._async.wait_all()
+        with self._graphs_lock:
+            graphs = list(self._graphs.values())
+        for graph in graphs:
+            graph.wait_all()
