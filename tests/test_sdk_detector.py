@@ -67,6 +67,15 @@ def test_detections_are_in_frame_pixels_of_any_frame_size(detector: Detector, fr
         assert dets.masks.shape == (len(dets), 720, 1280)
 
 
+def test_every_batch_size_matches_single_frames(detector: Detector, frames):
+    """OpenVINO compiles one static-shape graph per batch size and keeps the last few: batches of 1 to 6 frames
+    (more sizes than it keeps, so graphs are dropped and rebuilt) give what single frames give."""
+    single = [detector(f) for f in frames[:6]]
+    for n in (3, 1, 6, 2, 5, 4, 3):
+        batch = detector.predict_batch(frames[:n])
+        assert all(_same(a, b) for a, b in zip(batch, single[:n]))
+
+
 def test_threads_get_the_same_results_as_sequential_calls(detector: Detector, frames):
     sequential = [detector(f) for f in frames]
     with ThreadPoolExecutor(4) as pool:
