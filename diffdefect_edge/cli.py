@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"running {detector!r} on {args.source} (Ctrl-C stops)", file=sys.stderr)
     try:
         summary = run_loop(detector, source, outputs, max_frames=args.max_frames, max_fps=args.max_fps, stop=stop,
-                           source_name=str(args.source))
+                           source_name=str(args.source), batch=args.batch)
     except (FileExistsError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="CPU")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--mode", default="latency", choices=["latency", "throughput"])
+    p.add_argument("--batch", type=int, help="frames per request in throughput mode (default 4; 1 for the least "
+                                             "latency on a live camera)")
     p.add_argument("--conf", type=float, help="score threshold (default: the package's)")
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the package's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl files")

@@ -24,6 +24,10 @@ from diffdefect_edge.preprocess import Letterbox, letterbox, to_bgr
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODES = ("latency", "throughput")
+# frames per request in throughput mode. Measured on 2 cores (quickstart model at 160 px, 64 frames, four
+# requests in flight): 1.48x the frames per second of latency mode with batch 4 vs 1.35x with batch 1 (FP32),
+# 1.91x vs 1.57x (INT8)
+THROUGHPUT_BATCH = 4
 
 
 def _check_threshold(name: str, value: float | None) -> float | None:
@@ -124,37 +128,58 @@ class Detector:
         dets, seg = raw
         return [self.postprocess(dets[i], None if seg is None else seg[i], lb) for i, (_, lb) in enumerate(prepared)]
 
-    def stream(self, frames: Iterable[np.ndarray], color: str = "bgr", max_in_flight: int | None = None
-               ) -> Iterator[tuple[np.ndarray, Detections]]:
+    def stream(self, frames: Iterable[np.ndarray], color: str = "bgr", max_in_flight: int | None = None,
+               batch: int | None = None) -> Iterator[tuple[np.ndarray, Detections]]:
         """Yield ``(frame, Detections)`` in input order.
 
         In latency mode frames run one at a time. In throughput mode up to ``max_in_flight`` requests (default:
-        the backend's optimal number) run concurrently (OpenVINO AsyncInferQueue) and results are re-ordered.
+        the backend's optimal number) run concurrently (OpenVINO AsyncInferQueue), each on ``batch``
+        consecutive frames (default :data:`THROUGHPUT_BATCH`), and results are re-ordered. A batch waits for
+        its frames: on a live camera that adds up to ``batch`` frame periods of latency (``batch=1`` avoids it).
         """
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
         if self.mode == "latency":
+            if batch not in (None, 1):
+                raise ValueError("batch > 1 needs mode='throughput' (latency mode runs one frame at a time)")
             for frame in frames:
                 yield frame, self(frame, color)
             return
+        batch = batch or THROUGHPUT_BATCH
         depth = max_in_flight or self.backend.optimal_requests
-        done: dict[int, Any] = {}
+        done: dict[int, tuple[Any, int, float]] = {}  # frame index -> (request result, row in it, submit time)
         cond = threading.Condition()
 
-        def on_done(result: Any, userdata: tuple[int, float]) -> None:
+        def on_done(result: Any, userdata: tuple[int, int, float]) -> None:
+            first, count, started = userdata
             with cond:
-                done[userdata[0]] = (result, userdata[1])
+                for row in range(count):
+                    done[first + row] = (result, row, started)
                 cond.notify_all()
 
+        def submit(canvases: list[np.ndarray], first: int) -> None:
+            count = len(canvases)
+            # a short last batch is padded with its last canvas: one compiled batch size serves the stream
+            stacked = np.stack(canvases + [canvases[-1]] * (batch - count))
+            self.backend.submit(stacked, on_done, (first, count, time.perf_counter()))
+
         pending: dict[int, tuple[np.ndarray, Letterbox]] = {}
+        chunk: list[np.ndarray] = []
         next_out = 0
         try:
             for index, frame in enumerate(frames):
                 canvas, lb = self.prepare(frame, color)
                 pending[index] = (frame, lb)
-                self.backend.submit(canvas[None], on_done, (index, time.perf_counter()))
-                while len(pending) >= depth or next_out in done:
-                    item = self._take(next_out, pending, done, cond)
+                chunk.append(canvas)
+                if len(chunk) == batch:
+                    submit(chunk, index + 1 - batch)
+                    chunk = []
+                # the oldest pending frame is always in a submitted request here (chunk < batch <= pending)
+                while len(pending) >= depth * batch or next_out in done:
+                    yield self._take(next_out, pending, done, cond)
                     next_out += 1
-                    yield item
+            if chunk:
+                submit(chunk, next_out + len(pending) - len(chunk))
             while pending:
                 yield self._take(next_out, pending, done, cond)
                 next_out += 1
@@ -165,12 +190,12 @@ class Detector:
               ) -> tuple[np.ndarray, Detections]:
         with cond:
             cond.wait_for(lambda: index in done)
-            result, started = done.pop(index)
+            result, row, started = done.pop(index)
         frame, lb = pending.pop(index)
         if isinstance(result, BaseException):
             raise result
         dets, seg = result
-        out = self.postprocess(dets[0], None if seg is None else seg[0], lb)
+        out = self.postprocess(dets[row], None if seg is None else seg[row], lb)
         out.meta["latency_ms"] = round((time.perf_counter() - started) * 1e3, 3)
         return frame, out
 

@@ -167,12 +167,12 @@ class _Writers:
 def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopOutputs | None = None,
              max_frames: int | None = None, max_fps: float | None = None, stop: threading.Event | None = None,
              on_result: Callable[[int, np.ndarray, Detections], None] | None = None,
-             source_name: str | None = None) -> LoopSummary:
+             source_name: str | None = None, batch: int | None = None) -> LoopSummary:
     """Run the detector over a source until it ends, ``max_frames`` frames, or ``stop`` is set.
 
     ``max_fps`` paces a file source at a camera's rate. ``on_result(index, frame, detections)`` is called for
-    every frame (e.g. to signal a reject gate). In throughput mode several frames are in flight at once and
-    results still arrive in frame order.
+    every frame (e.g. to signal a reject gate). In throughput mode several frames are in flight at once, in
+    requests of ``batch`` frames (see :meth:`Detector.stream`), and results still arrive in frame order.
     """
     outputs = outputs or LoopOutputs()
     stop = stop or threading.Event()
@@ -190,7 +190,7 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
         detector.warmup()
         start = last = time.perf_counter()
         frames = _paced(iter(source), max_fps, stop, max_frames, timestamps)
-        for index, (frame, dets) in enumerate(detector.stream(frames)):
+        for index, (frame, dets) in enumerate(detector.stream(frames, batch=batch)):
             now = time.perf_counter()
             fps_ema = 1.0 / max(now - last, 1e-6) if index == 0 else 0.9 * fps_ema + 0.1 / max(now - last, 1e-6)
             last = now

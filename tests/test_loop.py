@@ -87,6 +87,15 @@ def test_run_command_writes_jsonl_sqlite_crops_and_video(tiny_package: Path, lin
     assert len(_jsonl(out / "r.jsonl")) == 3
 
 
+def test_run_command_in_throughput_mode_with_batches(tiny_package: Path, line_video: Path, tmp_path: Path, capsys):
+    """Requests of 5 frames, the last one short (12 frames): the JSONL still has every frame, in order."""
+    out = tmp_path / "r.jsonl"
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(line_video), "--mode", "throughput",
+                     "--batch", "5", "--max-frames", "12", "--jsonl", str(out), "--summary-json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 12
+    assert [r["frame"] for r in _jsonl(out)] == list(range(12))
+
+
 def test_loop_results_match_detector_and_throughput_mode(tiny_package: Path, line_video: Path):
     frames = list(FileSource(line_video))
     with Detector(tiny_package) as det:

@@ -83,14 +83,25 @@ def test_threads_get_the_same_results_as_sequential_calls(detector: Detector, fr
     assert all(_same(a, b) for a, b in zip(sequential * 3, threaded))
 
 
-def test_throughput_stream_keeps_frame_order(tiny_package: Path, frames):
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_throughput_stream_keeps_frame_order(tiny_package: Path, frames, batch):
+    """Batched requests in flight, a short last batch (19 frames), results in input order equal to sync calls."""
     with Detector(tiny_package, conf=0.02) as sync_det:
         expected = [sync_det(f) for f in frames]
+    sources = (frames * 3)[:19]
     with Detector(tiny_package, conf=0.02, mode="throughput") as det:
-        out = list(det.stream(iter(frames * 2)))
-    assert len(out) == 2 * len(frames)
-    for (frame, dets), ref, src in zip(out, expected * 2, frames * 2):
+        out = list(det.stream(iter(sources), batch=batch))
+    assert len(out) == len(sources)
+    for (frame, dets), ref, src in zip(out, (expected * 3)[:19], sources):
         assert frame is src and _same(dets, ref)
+
+
+def test_stream_refuses_a_bad_batch(detector: Detector, frames):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch"):
+            next(detector.stream(frames, batch=bad))
+    with pytest.raises(ValueError, match="throughput"):
+        next(detector.stream(frames, batch=4))  # latency mode runs one frame at a time
 
 
 def test_benchmark_reports_raw_and_end_to_end(detector: Detector):
