@@ -9,8 +9,8 @@ Per backend and precision, in the same process:
   decode, NMS, boxes mapped back to the frame).
 Target: end_to_end / raw <= 1.05, checked on the two timed alternately call by call (the pytest-benchmark
 groups time them one after the other and are shown for reference).
-And the stream over 64 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue):
-target throughput fps / sync fps >= 1.5 on 2 cores (i.e. time ratio <= 0.667).
+And the stream over 64 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue, requests
+of 4 frames): target throughput fps / sync fps >= 1.5 on 2 cores, checked on the two modes run alternately.
 
 The package is the quickstart's architecture (``n`` at 160 px), trained for one epoch on a small synthetic set
 (weights do not change the cost), exported with an INT8 model.
@@ -113,6 +113,22 @@ def _interleaved_ratio(det, frame, rounds: int = 300) -> float:
     return float(np.median(e2e) / np.median(raw))
 
 
+def _interleaved_stream_speedup(package, frame, precision: str, rounds: int = 7) -> float:
+    """Median sync time over median throughput time for the 64-frame stream, the two modes run alternately."""
+    frames = [frame] * FRAMES
+    sync_times, throughput_times = [], []
+    with _detector(package, "openvino", precision) as sync_det, \
+            _detector(package, "openvino", precision, mode="throughput") as tp_det:
+        for det in (sync_det, tp_det):
+            sum(1 for _ in det.stream(frames))
+        for _ in range(rounds):
+            for det, times in ((sync_det, sync_times), (tp_det, throughput_times)):
+                start = time.perf_counter()
+                sum(1 for _ in det.stream(frames))
+                times.append(time.perf_counter() - start)
+    return float(np.median(sync_times) / np.median(throughput_times))
+
+
 def test_targets_as_ratios(package, frame):
     failures, lines = [], []
     for case in CASES:
@@ -122,11 +138,10 @@ def test_targets_as_ratios(package, frame):
         if ratio > E2E_TARGET:
             failures.append(lines[-1])
     for precision in ("fp32", "int8"):
-        key = ("stream", precision)
-        if key + ("sync",) in MEDIANS and key + ("throughput",) in MEDIANS:
-            speedup = MEDIANS[key + ("sync",)] / MEDIANS[key + ("throughput",)]
-            lines.append(f"openvino/{precision}: throughput / sync fps = {speedup:.3f} (target >= {THROUGHPUT_TARGET})")
-            if speedup < THROUGHPUT_TARGET:
-                failures.append(lines[-1])
+        speedup = _interleaved_stream_speedup(package, frame, precision)
+        lines.append(f"openvino/{precision}: throughput / sync fps = {speedup:.3f} (interleaved; target >= "
+                     f"{THROUGHPUT_TARGET})")
+        if speedup < THROUGHPUT_TARGET:
+            failures.append(lines[-1])
     print("\n".join(lines))
     assert not failures, "targets missed:\n" + "\n".join(failures)
