@@ -41,7 +41,8 @@ def _fft_case(shape, per_channel):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (2, 2, 80, 80), (1, 3, 20, 25),
-                                   (3, 5, 40, 50), (1, 1, 1, 9), (1, 1, 11, 1), (1, 17, 2, 2), (1, 1, 64, 48)])
+                                   (3, 5, 40, 50), (1, 1, 1, 9), (1, 1, 11, 1), (1, 17, 2, 2), (1, 1, 64, 48),
+                                   (2, 3, 27, 24), (1, 2, 45, 33), (1, 1, 49, 35)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_fft_filter_matches_float64_reference(shape, per_channel):
     x, mask = _fft_case(shape, per_channel)
