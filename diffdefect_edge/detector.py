@@ -199,11 +199,14 @@ class Detector:
         out.meta["latency_ms"] = round((time.perf_counter() - started) * 1e3, 3)
         return frame, out
 
-    def warmup(self, runs: int = 2, frame_size: tuple[int, int] = (720, 1280)) -> None:
-        """Run a few dummy frames so that one-off costs (lazy allocation, kernel selection) leave the loop."""
+    def warmup(self, runs: int = 2, frame_size: tuple[int, int] = (720, 1280), batch: int | None = None) -> None:
+        """Run a few dummy frames so that one-off costs (lazy allocation, kernel selection, compiling the graph of
+        the throughput-mode batch size ``batch``) leave the loop."""
         frame = np.full((*frame_size, 3), self.pad_value, dtype=np.uint8)
         for _ in range(runs):
             self(frame)
+        if self.mode == "throughput":
+            self.predict_batch([frame] * (batch or THROUGHPUT_BATCH))
 
     def benchmark(self, frame: np.ndarray | None = None, runs: int = 100, warmup: int = 10) -> dict[str, float]:
         """Latency statistics (ms) of ``det(frame)`` and of the raw model call on the prepared tensor."""

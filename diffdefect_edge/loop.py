@@ -187,7 +187,7 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
     frames_with_defects = defects = 0
     fps_ema, stopped_by = 0.0, "end of source"
     try:
-        detector.warmup()
+        detector.warmup(batch=batch)
         start = last = time.perf_counter()
         frames = _paced(iter(source), max_fps, stop, max_frames, timestamps)
         for index, (frame, dets) in enumerate(detector.stream(frames, batch=batch)):
