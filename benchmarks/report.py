@@ -9,7 +9,7 @@ import json
 import sys
 from collections import defaultdict
 
-REFERENCES = ("torch", "torch_sdpa", "raw", "sync")  # the first one present in a group is the denominator
+REFERENCES = ("torch", "torch_sdpa", "raw", "sync", "warm")  # the first one present in a group is the denominator
 
 
 def main(path: str) -> str:

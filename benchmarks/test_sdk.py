@@ -81,6 +81,23 @@ def test_latency(benchmark, package, frame, case, impl):
     MEDIANS[(case, impl)] = benchmark.stats.stats.median
 
 
+@pytest.mark.parametrize("impl", ["warm", "after_inference"])
+def test_letterbox_cost(benchmark, package, frame, impl):
+    """What reading the camera frame costs: ``det.prepare(frame)`` (checks + OpenCV letterbox of 1280x720)
+    called back to back, and called right after a raw inference, as it is inside ``det(frame)``. The second is
+    the part of end-to-end / raw that no SDK code can remove on this machine."""
+    benchmark.group = "letterbox 1280x720 openvino/fp32"
+    with _detector(package, "openvino", "fp32") as det:
+        canvas, _ = det.prepare(frame)
+        tensor = det.backend.model_input(canvas[None])
+
+        def infer_first() -> None:  # untimed: the inference that precedes the letterbox in det(frame)
+            det.backend.infer_prepared(tensor)
+
+        benchmark.pedantic(lambda: det.prepare(frame), setup=infer_first if impl == "after_inference" else None,
+                           rounds=200, warmup_rounds=5, iterations=1)
+
+
 @pytest.mark.parametrize("impl", ["sync", "throughput"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_stream_fps(benchmark, package, frame, precision, impl):
