@@ -49,19 +49,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from diffdefect_edge.package import load_package
 
     pkg = load_package(args.package)
-    print(f"{'backend':12s} {'precision':9s} {'raw p50 ms':>10s} {'e2e p50 ms':>10s} {'e2e p95 ms':>10s} {'fps':>7s}")
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in ("latency", "throughput"):
+            print(f"error: --modes takes latency and/or throughput, got {mode!r}", file=sys.stderr)
+            return 2
+    print(f"{'backend':12s} {'precision':9s} {'mode':10s} {'raw p50 ms':>10s} {'e2e p50 ms':>10s} "
+          f"{'e2e p95 ms':>10s} {'fps':>7s}")
     for m in pkg.models:
         backend = BACKEND_FOR_FILE[m.backend]
         if args.backends and backend not in args.backends.split(","):
             continue
-        try:
-            with Detector(pkg, backend=backend, precision=m.precision, device=args.device) as det:
-                st = det.benchmark(runs=args.runs)
-        except BackendError as exc:
-            print(f"{backend:12s} {m.precision:9s} skipped: {exc}")
-            continue
-        print(f"{backend:12s} {m.precision:9s} {st['raw_p50_ms']:10.2f} {st['end_to_end_p50_ms']:10.2f} "
-              f"{st['end_to_end_p95_ms']:10.2f} {st['fps']:7.1f}")
+        for mode in modes:
+            try:
+                with Detector(pkg, backend=backend, precision=m.precision, device=args.device, mode=mode) as det:
+                    st = det.benchmark(runs=args.runs)
+            except BackendError as exc:
+                print(f"{backend:12s} {m.precision:9s} {mode:10s} skipped: {exc}")
+                continue
+            print(f"{backend:12s} {m.precision:9s} {mode:10s} {st['raw_p50_ms']:10.2f} {st['end_to_end_p50_ms']:10.2f} "
+                  f"{st['end_to_end_p95_ms']:10.2f} {st['fps']:7.1f}")
     return 0
 
 
@@ -120,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package")
     p.add_argument("--json", action="store_true", help="print the whole metadata.json")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="latency table per backend and precision on a 1280x720 frame")
+    p = sub.add_parser("bench", help="latency table per backend, precision and mode on a 1280x720 frame")
     p.add_argument("package")
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--modes", default="latency,throughput", help="comma-separated: latency, throughput")
     p.add_argument("--device", default="CPU")
     p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime,torch")
     p.set_defaults(func=_cmd_bench)

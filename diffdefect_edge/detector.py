@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from diffdefect_edge.backends import Backend, RawOutput, create_backend
 from diffdefect_edge.detections import Detections
+from diffdefect_edge.latency import latency_stats
 from diffdefect_edge.package import ModelPackage, load_package
 from diffdefect_edge.postprocess import decode_detections
 from diffdefect_edge.preprocess import Letterbox, letterbox, to_bgr
@@ -209,26 +210,34 @@ class Detector:
             self.predict_batch([frame] * (batch or THROUGHPUT_BATCH))
 
     def benchmark(self, frame: np.ndarray | None = None, runs: int = 100, warmup: int = 10) -> dict[str, float]:
-        """Latency statistics (ms) of ``det(frame)`` and of the raw model call on the prepared tensor."""
+        """Latency statistics (ms) of the raw model call on the prepared tensor and of the SDK end to end, and the
+        frames per second. Latency mode: ``det(frame)`` called ``runs`` times. Throughput mode: a stream of
+        ``runs`` frames, each frame's latency from its submission to its result."""
         if frame is None:
             frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
         canvas, _ = self.prepare(frame)
         tensor = self.backend.model_input(canvas[None])
-        stats: dict[str, float] = {}
-        for name, fn in (("end_to_end", lambda: self(frame)), ("raw", lambda: self.backend.infer_prepared(tensor))):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            times.sort()
-            stats.update({f"{name}_mean_ms": statistics.fmean(times), f"{name}_p50_ms": times[len(times) // 2],
-                          f"{name}_p95_ms": times[int(0.95 * (len(times) - 1))],
-                          f"{name}_p99_ms": times[int(0.99 * (len(times) - 1))]})
-        stats["fps"] = 1e3 / stats["end_to_end_mean_ms"]
-        return stats
+        raw = self._timed(lambda: self.backend.infer_prepared(tensor), runs, warmup)
+        if self.mode == "throughput":
+            self.warmup(runs=1, frame_size=frame.shape[:2])
+            start = time.perf_counter()
+            end_to_end = [float(d.meta["latency_ms"]) for _, d in self.stream([frame] * runs)]
+            fps = runs / (time.perf_counter() - start)
+        else:
+            end_to_end = self._timed(lambda: self(frame), runs, warmup)
+            fps = 1e3 / statistics.fmean(end_to_end)
+        return {**latency_stats(raw, "raw"), **latency_stats(end_to_end, "end_to_end"), "fps": fps}
+
+    @staticmethod
+    def _timed(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
 
     def close(self) -> None:
         self.backend.close()

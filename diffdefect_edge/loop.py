@@ -21,6 +21,7 @@ import numpy as np
 from diffdefect_edge.detections import Detections
 from diffdefect_edge.detector import Detector
 from diffdefect_edge.inspection_log import InspectionLog
+from diffdefect_edge.latency import percentile
 from diffdefect_edge.sources import FileSource, LiveSource
 
 WINDOW = "diffdefect-edge"
@@ -58,12 +59,6 @@ class LoopSummary:
                 f"{self.latency_p50_ms:.2f} ms, p95 {self.latency_p95_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms; "
                 f"{self.frames_with_defects} frames with defects ({self.defects} defects); dropped {self.dropped}, "
                 f"reconnects {self.reconnects}, unreadable {self.unreadable}; stopped: {self.stopped_by}")
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
 
 
 def draw_overlay(frame: np.ndarray, detections: Detections, fps: float, latency_ms: float) -> np.ndarray:
@@ -228,8 +223,8 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
     seconds = time.perf_counter() - start
     latencies.sort()
     return LoopSummary(frames=len(latencies), seconds=seconds, fps=len(latencies) / seconds if seconds else 0.0,
-                       latency_p50_ms=_percentile(latencies, 0.50), latency_p95_ms=_percentile(latencies, 0.95),
-                       latency_p99_ms=_percentile(latencies, 0.99), frames_with_defects=frames_with_defects,
+                       latency_p50_ms=percentile(latencies, 0.50), latency_p95_ms=percentile(latencies, 0.95),
+                       latency_p99_ms=percentile(latencies, 0.99), frames_with_defects=frames_with_defects,
                        defects=defects, dropped=source.stats.dropped, reconnects=source.stats.reconnects,
                        unreadable=source.stats.failures, stopped_by=stopped_by)
 

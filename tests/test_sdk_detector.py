@@ -135,6 +135,16 @@ def test_info_command_verifies_and_describes(tiny_package: Path, capsys, tmp_pat
     assert "model.onnx" in capsys.readouterr().err
 
 
+def test_bench_command_tables_every_precision_and_mode(tiny_package: Path, capsys):
+    assert sdk_main(["bench", str(tiny_package), "--runs", "6", "--backends", "openvino"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {(r[0], r[1], r[2]) for r in rows} == {("openvino", p, m) for p in ("fp32", "fp16", "int8")
+                                                  for m in ("latency", "throughput")}
+    assert all(float(r[-1]) > 0 and float(r[3]) > 0 for r in rows)  # fps and raw p50
+    assert sdk_main(["bench", str(tiny_package), "--modes", "fast"]) == 2
+    assert "--modes" in capsys.readouterr().err
+
+
 def test_detector_runs_with_torch_unimportable(tiny_package: Path, frames, tmp_path: Path):
     image = tmp_path / "f.png"
     cv2.imwrite(str(image), frames[0])
