@@ -12,12 +12,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from timing import alternating_medians  # noqa: E402  (benchmarks/timing.py)
 
 from diffdefect_edge import kernels  # noqa: E402
 
@@ -63,32 +64,21 @@ def test_cross_attention(benchmark, shape, impl):
     benchmark.pedantic(_attn_callables(shape)[impl], rounds=7, warmup_rounds=1, iterations=1)
 
 
-def _interleaved_ratio(ours, reference, rounds: int) -> float:
-    """Median time of ``ours`` over the reference's, the two called alternately so that the machine's drifts
-    (other tenants, frequency) hit both alike."""
-    ours(), reference()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for fn, out in ((ours, times[0]), (reference, times[1])):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return float(np.median(times[0]) / np.median(times[1]))
-
-
 def test_targets_as_ratios():
     """Each kernel against its reference, called alternately (the pytest-benchmark groups above are timed one
     after the other and shown for reference)."""
     lines, failures = [], []
     for shape in FFT_SHAPES:
         fns = _fft_callables(shape)
-        ratio = _interleaved_ratio(fns["ours"], fns["torch"], rounds=15)
+        ours, reference = alternating_medians([fns["ours"], fns["torch"]], rounds=15)
+        ratio = ours / reference
         lines.append(f"fft_filter {shape}: {ratio:.3f} of torch.fft (interleaved; target <= {FFT_TARGET})")
         if ratio > FFT_TARGET:
             failures.append(lines[-1])
     for shape in ATTN_SHAPES:
         fns = _attn_callables(shape)
-        ratio = _interleaved_ratio(fns["ours"], fns["torch_sdpa"], rounds=9)
+        ours, reference = alternating_medians([fns["ours"], fns["torch_sdpa"]], rounds=9)
+        ratio = ours / reference
         lines.append(f"cross_attention {shape}: {ratio:.3f} of SDPA (interleaved; target <= {ATTN_TARGET})")
         if ratio > ATTN_TARGET:
             failures.append(lines[-1])

@@ -18,19 +18,18 @@ The package is the quickstart's architecture (``n`` at 160 px), trained for one 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+
+from timing import alternating_medians  # noqa: E402  (benchmarks/timing.py)
 
 from diffdefect_edge import Detector  # noqa: E402
 from diffdefect_edge.backends import BackendError  # noqa: E402
 
 E2E_TARGET, THROUGHPUT_TARGET = 1.05, 1.5
 CASES = [("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32")]
-MEDIANS: dict[tuple, float] = {}
 FRAMES = 64
 
 CONFIG = """
@@ -78,7 +77,6 @@ def test_latency(benchmark, package, frame, case, impl):
         for _ in range(10):
             fn()
         benchmark.pedantic(fn, rounds=200, warmup_rounds=5, iterations=1)
-    MEDIANS[(case, impl)] = benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("impl", ["warm", "after_inference"])
@@ -108,42 +106,26 @@ def test_stream_fps(benchmark, package, frame, precision, impl):
         run = lambda: sum(1 for _ in det.stream(frames))  # noqa: E731
         run()
         benchmark.pedantic(run, rounds=7, warmup_rounds=1, iterations=1)
-    MEDIANS[("stream", precision, impl)] = benchmark.stats.stats.median
 
 
 def _interleaved_ratio(det, frame, rounds: int = 300) -> float:
-    """Median of end-to-end over median of raw, the two timed alternately call by call, so that the machine's
-    drifts (other tenants, frequency) hit both alike."""
+    """Median of end-to-end over median of raw, the two timed alternately call by call (raw first, as inside a
+    camera loop the frame comes after the previous inference)."""
     canvas, _ = det.prepare(frame)
     tensor = det.backend.model_input(canvas[None])
-    raw, e2e = [], []
-    for _ in range(20):
-        det(frame)
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        det.backend.infer_prepared(tensor)
-        t1 = time.perf_counter()
-        det(frame)
-        t2 = time.perf_counter()
-        raw.append(t1 - t0)
-        e2e.append(t2 - t1)
-    return float(np.median(e2e) / np.median(raw))
+    raw, e2e = alternating_medians([lambda: det.backend.infer_prepared(tensor), lambda: det(frame)], rounds,
+                                   warmup=20)
+    return e2e / raw
 
 
 def _interleaved_stream_speedup(package, frame, precision: str, rounds: int = 7) -> float:
     """Median sync time over median throughput time for the 64-frame stream, the two modes run alternately."""
     frames = [frame] * FRAMES
-    sync_times, throughput_times = [], []
     with _detector(package, "openvino", precision) as sync_det, \
             _detector(package, "openvino", precision, mode="throughput") as tp_det:
-        for det in (sync_det, tp_det):
-            sum(1 for _ in det.stream(frames))
-        for _ in range(rounds):
-            for det, times in ((sync_det, sync_times), (tp_det, throughput_times)):
-                start = time.perf_counter()
-                sum(1 for _ in det.stream(frames))
-                times.append(time.perf_counter() - start)
-    return float(np.median(sync_times) / np.median(throughput_times))
+        sync, throughput = alternating_medians([lambda: sum(1 for _ in sync_det.stream(frames)),
+                                                lambda: sum(1 for _ in tp_det.stream(frames))], rounds)
+    return sync / throughput
 
 
 def test_targets_as_ratios(package, frame):

@@ -65,11 +65,15 @@ export: {int8: true, calibration_images: 8, conf: 0.05}
 """
 
 
+def _write_config(tmp_path_factory, name: str, text: str) -> Path:
+    path = tmp_path_factory.mktemp("configs") / name
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_config_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("configs") / "tiny.yaml"
-    path.write_text(TINY_CONFIG)
-    return path
+    return _write_config(tmp_path_factory, "tiny.yaml", TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -113,9 +117,7 @@ teacher: {levels: [0, 1], heads: 2}
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("configs") / "tiny-pipeline.yaml"
-    path.write_text(TINY_PIPELINE_CONFIG)
-    return path
+    return _write_config(tmp_path_factory, "tiny-pipeline.yaml", TINY_PIPELINE_CONFIG)
 
 
 @pytest.fixture(scope="session")
