@@ -53,6 +53,24 @@ def test_config_errors_name_key_and_file(tmp_path: Path):
         run_pipeline(_tiny(), tmp_path / "r", stages=["nope"])
 
 
+def test_set_overrides_config_values_and_names_bad_ones():
+    path = REPO / "configs" / "neu-det.yaml"
+    base = load_config(path)
+    config = load_config(path, ["train.epochs=3", "ddpm.epochs=2", "teacher.levels=[0]", "model.seg_head=\"off\""])
+    assert (config.train.epochs, config.ddpm.epochs, config.teacher.levels) == (3, 2, [0])
+    assert config.model.seg_head == "off" and config.train.lr == base.train.lr  # the rest is the file's
+    with pytest.raises(ConfigError, match=r"neu-det.yaml.train: unknown key.*\(with --set train.epoch=3\)"):
+        load_config(path, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="train.epochs: expected int"):
+        load_config(path, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs is not a section"):
+        load_config(path, ["train.epochs.x=1"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, ["train.lr=[1"])
+
+
 def test_main_job_runs_every_stage_and_skips_them_on_rerun(tiny_pipeline_run, tiny_pipeline_config: Path):
     """data -> ddpm -> features -> resvae -> baseline -> teacher -> distill -> export -> report -> demo."""
     import sqlite3

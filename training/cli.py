@@ -37,7 +37,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
     stages = args.stages.split(",") if args.stages else None
     results = run_pipeline(config, run_dir, stages=stages, data_override=args.data, force=args.force)
@@ -54,7 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from training.ablate import run_ablations
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
     variants = args.variants.split(",") if args.variants else None
     path = run_ablations(config, run_dir, variants=variants, data_override=args.data)
@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.distributed import barrier, cleanup, init_distributed
     from training.train import Trainer
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     if args.epochs is not None:
         config.train.epochs = args.epochs
     run_dir = Path(args.out)
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the pipeline stages of a config (the main job)")
     p.add_argument("--config", required=True)
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
+                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
     p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="run the ablation grid of a config and write one table")
     p.add_argument("--config", required=True)
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
+                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
     p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
     p.add_argument("--out", help="base run directory (default runs/<config name>); variants go under ablate/")
     p.add_argument("--variants", help="comma-separated subset of full,no_fft_filter,no_resvae,no_gate,"
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the detector (also under torchrun --nproc-per-node N)")
     p.add_argument("--config", required=True)
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
+                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
     p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

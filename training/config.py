@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -279,8 +280,32 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> Experimen
     return _build(ExperimentConfig, values or {}, where)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read a YAML experiment config; errors name the file and the key."""
+def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``values`` with ``section.key=value`` overrides applied (values are YAML: ``train.epochs=15``,
+    ``teacher.levels=[0]``; quote YAML words such as off: ``model.seg_head='"off"'``)."""
+    values = copy.deepcopy(values)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=15")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        *parents, leaf = key.strip().split(".")
+        node = values
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parents[:depth + 1])} is not a section")
+            node = child
+        node[leaf] = value
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, with optional ``section.key=value`` overrides; errors name the file and
+    the key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -288,7 +313,14 @@ def load_config(path: str | Path) -> ExperimentConfig:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: broken YAML ({exc})") from None
-    return config_from_dict(values, where=str(path))
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    try:
+        return config_from_dict(apply_overrides(values, overrides), where=str(path))
+    except ConfigError as exc:
+        if overrides:
+            raise ConfigError(f"{exc} (with --set {' '.join(overrides)})") from None
+        raise
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
