@@ -71,6 +71,19 @@ def test_set_overrides_config_values_and_names_bad_ones():
         load_config(path, ["train.lr=[1"])
 
 
+def test_run_command_takes_set_and_reports_a_bad_key(tmp_path: Path, capsys):
+    from training.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\ndata: {source: synthetic, synthetic: {num_images: 12, size: 64}}\n")
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "run"), "--stages", "data",
+                 "--set", "data.synthetic.num_images=9"]) == 0
+    assert "num_images: 9" in (tmp_path / "run" / "config.yaml").read_text()  # the run records the override
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "run"), "--set", "data.sourse=x"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny.yaml.data: unknown key(s) ['sourse']" in err and err.rstrip().endswith("(with --set data.sourse=x)")
+
+
 def test_main_job_runs_every_stage_and_skips_them_on_rerun(tiny_pipeline_run, tiny_pipeline_config: Path):
     """data -> ddpm -> features -> resvae -> baseline -> teacher -> distill -> export -> report -> demo."""
     import sqlite3

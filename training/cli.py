@@ -121,6 +121,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --set and --data: what every command that runs a config takes."""
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
+                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
+    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description="diffdefect-edge training")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -147,30 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("run", help="run the pipeline stages of a config (the main job)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
-                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
-    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    _add_config_arguments(p)
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--force", action="store_true", help="rerun stages even if done with this config")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ablate", help="run the ablation grid of a config and write one table")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
-                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
-    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    _add_config_arguments(p)
     p.add_argument("--out", help="base run directory (default runs/<config name>); variants go under ablate/")
     p.add_argument("--variants", help="comma-separated subset of full,no_fft_filter,no_resvae,no_gate,"
                                       "feature_kd_only,response_kd_only")
     p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("train", help="train the detector (also under torchrun --nproc-per-node N)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
-                   "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
-    p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    _add_config_arguments(p)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--epochs", type=int, help="override train.epochs")
