@@ -105,9 +105,11 @@ def test_package_metadata_describes_the_model(tiny_package: Path):
                                   if p.is_file() and p.name != "metadata.json"}
 
 
-def test_onnx_is_one_file_and_openvino_fp32_keeps_fp32_weights(tiny_package: Path):
+def test_onnx_is_one_file_taking_canvases_and_openvino_fp32_keeps_fp32_weights(tiny_package: Path):
     model = onnx.load(str(tiny_package / "model.onnx"), load_external_data=False)
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    images = model.graph.input[0].type.tensor_type  # takes the canvas as it is, like the OpenVINO IR
+    assert images.elem_type == onnx.TensorProto.UINT8 and [d.dim_value for d in images.shape.dim[1:]] == [96, 96, 3]
     assert not list(tiny_package.glob("*.data"))
     core = ov.Core()
     fp32 = core.read_model(str(tiny_package / "openvino" / "model_fp32.xml"))

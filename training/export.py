@@ -1,13 +1,16 @@
 """Export a trained run into a model package: OpenVINO IR (FP32 exact, FP16 optional, INT8 by NNCF),
 ONNX (dynamo exporter, single file) and a ``torch.export`` program, with self-describing metadata.
 
-The OpenVINO graphs take the letterboxed BGR uint8 canvas (N, S, S, 3) directly: conversion to float, BGR->RGB,
-normalisation and NHWC->NCHW are embedded with PrePostProcessor. ONNX and torch take the normalised
-(N, 3, S, S) float tensor; the metadata lists, per file, the steps the runtime must do.
+The OpenVINO and ONNX graphs take the letterboxed BGR uint8 canvas (N, S, S, 3) directly: conversion to float,
+BGR->RGB, normalisation and NHWC->NCHW are embedded (PrePostProcessor for OpenVINO, nodes prepended to the ONNX
+graph), so the runtime hands over the canvas as it is (and a GPU runtime copies 4x fewer bytes to the device).
+The torch program takes the normalised (N, 3, S, S) float tensor; the metadata lists, per file, the steps the
+runtime must do.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -16,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import openvino as ov
 import torch
+from onnx import helper, numpy_helper
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from diffdefect_edge import __version__
@@ -74,6 +79,36 @@ def embed_preprocessing(model: ov.Model) -> ov.Model:
         steps.mean(list(MEAN))
     steps.scale(list(STD))
     return ppp.build()
+
+
+def onnx_with_canvas_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ONNX graph with the preprocessing of :func:`embed_preprocessing` prepended: its input becomes the
+    letterboxed BGR uint8 canvas (N, S, S, 3), cast to float, NHWC -> NCHW, BGR -> RGB, ``(x - mean) / std``."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    old = graph.input[0]
+    dims = old.type.tensor_type.shape.dim
+    batch = dims[0].dim_param or dims[0].dim_value
+    height, width = dims[2].dim_value, dims[3].dim_value
+    name, normalized = old.name, old.name + "_normalized"
+    for node in graph.node:  # the float graph now reads the normalised tensor the new nodes make
+        node.input[:] = [normalized if i == name else i for i in node.input]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([2, 1, 0], np.int64), name + "_bgr_to_rgb"),
+        numpy_helper.from_array(np.asarray(MEAN, np.float32).reshape(1, 3, 1, 1), name + "_mean"),
+        numpy_helper.from_array(np.asarray(STD, np.float32).reshape(1, 3, 1, 1), name + "_std")])
+    steps = [
+        helper.make_node("Cast", [name], [name + "_float"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Transpose", [name + "_float"], [name + "_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Gather", [name + "_nchw", name + "_bgr_to_rgb"], [name + "_rgb"], axis=1),
+        helper.make_node("Sub", [name + "_rgb", name + "_mean"], [name + "_centred"]),
+        helper.make_node("Div", [name + "_centred", name + "_std"], [normalized])]
+    for i, node in enumerate(steps):
+        graph.node.insert(i, node)
+    graph.input.remove(old)
+    graph.input.insert(0, helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, [batch, height, width, 3]))
+    onnx.checker.check_model(model)
+    return model
 
 
 def output_convolutions(model: ov.Model) -> list[str]:
@@ -150,9 +185,11 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
                            "input": input_, "runtime_steps": list(steps)})
 
         log.info("export: ONNX")
-        onnx_path = tmp / "model.onnx"
+        onnx_path = tmp / "model_float_input.onnx"  # converted to OpenVINO below; the package's file takes canvases
         export_onnx(deploy, example, onnx_path, output_names)
-        add("onnx", "fp32", "model.onnx", onnx_path, FLOAT_INPUT, FLOAT_STEPS)
+        canvas_onnx = tmp / "model.onnx"
+        onnx.save(onnx_with_canvas_input(onnx.load(str(onnx_path))), str(canvas_onnx))
+        add("onnx", "fp32", "model.onnx", canvas_onnx, CANVAS_INPUT, CANVAS_STEPS)
 
         log.info("export: torch.export program")
         pt2 = tmp / "model.pt2"
