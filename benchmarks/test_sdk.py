@@ -9,8 +9,11 @@ Per backend and precision, in the same process:
   decode, NMS, boxes mapped back to the frame).
 Target: end_to_end / raw <= 1.05, checked on the two timed alternately call by call (the pytest-benchmark
 groups time them one after the other and are shown for reference).
-And the stream over 64 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue, requests
-of 4 frames): target throughput fps / sync fps >= 1.5 on 2 cores, checked on the two modes run alternately.
+And the stream over 256 frames in latency (``sync``) vs ``throughput`` mode (OpenVINO AsyncInferQueue, requests
+of 4 frames): target throughput fps / sync fps >= 1.5 on 2 cores, checked on the two modes run alternately. 256
+frames, not fewer, because a camera loop runs in steady state: a 64-frame stream is only 16 requests, and the
+pipeline's fill and its last, unevenly shared requests weigh on it: in 4 of 6 paired runs here throughput mode
+took 4 to 31% more time per frame over 64 frames than over 256 (1 to 7% less in the other 2).
 
 The package is the quickstart's architecture (``n`` at 160 px), trained for one epoch on a small synthetic set
 (weights do not change the cost), exported with an INT8 model.
@@ -30,7 +33,7 @@ from diffdefect_edge.backends import BackendError  # noqa: E402
 
 E2E_TARGET, THROUGHPUT_TARGET = 1.05, 1.5
 CASES = [("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32")]
-FRAMES = 64
+FRAMES = 256
 
 CONFIG = """
 name: bench
@@ -119,7 +122,7 @@ def _interleaved_ratio(det, frame, rounds: int = 300) -> float:
 
 
 def _interleaved_stream_speedup(package, frame, precision: str, rounds: int = 7) -> float:
-    """Median sync time over median throughput time for the 64-frame stream, the two modes run alternately."""
+    """Median sync time over median throughput time for the stream, the two modes run alternately."""
     frames = [frame] * FRAMES
     with _detector(package, "openvino", precision) as sync_det, \
             _detector(package, "openvino", precision, mode="throughput") as tp_det:
