@@ -45,13 +45,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffdefect_edge.backends import BACKEND_FOR_FILE, BackendError
-    from diffdefect_edge.detector import Detector
+    from diffdefect_edge.detector import MODES, Detector
     from diffdefect_edge.package import load_package
 
     pkg = load_package(args.package)
     modes = args.modes.split(",")
     for mode in modes:
-        if mode not in ("latency", "throughput"):
+        if mode not in MODES:
             print(f"error: --modes takes latency and/or throughput, got {mode!r}", file=sys.stderr)
             return 2
     print(f"{'backend':12s} {'precision':9s} {'mode':10s} {'raw p50 ms':>10s} {'e2e p50 ms':>10s} "
