@@ -122,6 +122,25 @@ def test_cross_attention_is_stable_for_huge_logits():
     np.testing.assert_allclose(out, attention_reference(q, k, v, 100.0), atol=1e-5)
 
 
+def test_cross_attention_exact_at_half_integer_base2_logits():
+    """Logits whose base-2 distance to the row max is exactly k + 1/2, where round-to-nearest has a tie: the
+    kernel's exp2 must split x = n + r with one and the same n (a split rounded two ways gave 2^(x +/- 1),
+    a factor of 2 on such a key's weight). scale = float32(ln 2) makes the kernel's base-2 factor exactly 1,
+    so with q = e_0 the logits are the keys' first coordinates, exactly."""
+    offsets = np.array([0.0, -0.5, -1.5, -2.5, -3.5, -4.5, -5.5, -6.5, -9.5, -20.5], np.float32)
+    lk, d = len(offsets), 32
+    q = np.zeros((1, 1, 3, d), np.float32)
+    q[..., 0] = 1.0
+    k = np.zeros((1, 1, lk, d), np.float32)
+    k[0, 0, :, 0] = offsets + 3.0  # the row max is 3: the kernel subtracts it, leaving the half-integers
+    v = np.zeros((1, 1, lk, d), np.float32)
+    v[0, 0, np.arange(lk), np.arange(lk)] = 1.0  # out[i, j] = weight of key j
+    out = kernels.cross_attention(q, k, v, scale=float(np.float32(np.log(2))))
+    weights = 2.0 ** offsets.astype(np.float64)
+    np.testing.assert_allclose(out[0, 0, :, :lk], np.broadcast_to(weights / weights.sum(), (3, lk)), rtol=1e-6,
+                               atol=1e-12)
+
+
 def test_cross_attention_large_random_logits_within_float32_precision():
     rng = np.random.default_rng(8)
     q = (rng.standard_normal((1, 2, 40, 32)) * 50).astype(np.float32)
