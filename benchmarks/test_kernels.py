@@ -25,6 +25,7 @@ from diffdefect_edge import kernels  # noqa: E402
 FFT_SHAPES = [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)]
 ATTN_SHAPES = [(8, 4, 1600, 400, 32), (8, 8, 400, 400, 32), (2, 4, 6400, 1600, 32)]
 FFT_TARGET, ATTN_TARGET = 0.33, 0.70
+AGREEMENT = 1e-5  # relative (norm) difference allowed between our result and the reference's at each shape
 
 
 def _fft_callables(shape) -> dict:
@@ -64,12 +65,20 @@ def test_cross_attention(benchmark, shape, impl):
     benchmark.pedantic(_attn_callables(shape)[impl], rounds=7, warmup_rounds=1, iterations=1)
 
 
+def _disagreement(ours, reference) -> float:
+    """Relative (norm) difference of the two results, so that a speed-up that breaks the result at the benchmark's
+    sizes (e.g. an exp2 rounding error that only shows up in millions of calls) cannot pass."""
+    a, b = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def test_targets_as_ratios():
     """Each kernel against its reference, called alternately (the pytest-benchmark groups above are timed one
-    after the other and shown for reference)."""
+    after the other and shown for reference), after checking that the two agree."""
     lines, failures = [], []
     for shape in FFT_SHAPES:
         fns = _fft_callables(shape)
+        assert _disagreement(fns["ours"](), fns["torch"]()) < AGREEMENT, f"fft_filter {shape} disagrees with torch"
         ours, reference = alternating_medians([fns["ours"], fns["torch"]], rounds=15)
         ratio = ours / reference
         lines.append(f"fft_filter {shape}: {ratio:.3f} of torch.fft (interleaved; target <= {FFT_TARGET})")
@@ -77,6 +86,7 @@ def test_targets_as_ratios():
             failures.append(lines[-1])
     for shape in ATTN_SHAPES:
         fns = _attn_callables(shape)
+        assert _disagreement(fns["ours"](), fns["torch_sdpa"]()) < AGREEMENT, f"cross_attention {shape} disagrees"
         ours, reference = alternating_medians([fns["ours"], fns["torch_sdpa"]], rounds=9)
         ratio = ours / reference
         lines.append(f"cross_attention {shape}: {ratio:.3f} of SDPA (interleaved; target <= {ATTN_TARGET})")
