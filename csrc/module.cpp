@@ -9,6 +9,7 @@
 
 #include "build_info.h"
 #include "kernels_api.h"
+#include "nms.h"
 #ifdef DDE_WITH_CUDA
 #include "cuda/cuda_api.h"
 #endif
@@ -90,6 +91,29 @@ farray cross_attention(const py::array& q_in, const py::array& k_in, const py::a
   return out;
 }
 
+py::array_t<int64_t> nms(const py::array& boxes_in, const py::array& scores_in,
+                        const py::array_t<int64_t, py::array::c_style>& class_ids, double iou_threshold) {
+  farray boxes = checked(boxes_in, "boxes"), scores = checked(scores_in, "scores");
+  require(boxes.ndim() == 2 && boxes.shape(1) == 4, "boxes must have shape (N, 4), got " + shape_str(boxes));
+  const int64_t n = boxes.shape(0);
+  require(scores.ndim() == 1 && scores.shape(0) == n, "scores must have shape (N,) = (" + std::to_string(n) +
+                                                          ",), got " + shape_str(scores));
+  require(class_ids.ndim() == 1 && class_ids.shape(0) == n, "class_ids must have shape (N,) = (" +
+                                                                std::to_string(n) + ",), got " + shape_str(class_ids));
+  require(std::isfinite(iou_threshold), "iou_threshold must be finite");
+  py::array_t<int64_t> keep(n);
+  const float *bp = boxes.data(), *sp = scores.data();
+  const int64_t* cp = class_ids.data();
+  int64_t* kp = keep.mutable_data();
+  int64_t count;
+  {
+    py::gil_scoped_release release;
+    count = dde::nms(bp, sp, cp, n, static_cast<float>(iou_threshold), kp);
+  }
+  keep.resize({count});
+  return keep;
+}
+
 #ifdef DDE_WITH_CUDA
 void cuda_check(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
@@ -107,6 +131,9 @@ PYBIND11_MODULE(_kernels, m) {
         "y = irfft2(rfft2(x) * mask) on float32 C-contiguous arrays; threads=0 uses all cores.");
   m.def("cross_attention", &cross_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"),
         py::arg("threads") = 0, "softmax(q k^T * scale) v with a streaming softmax.");
+  m.def("nms", &nms, py::arg("boxes"), py::arg("scores"), py::arg("class_ids"), py::arg("iou_threshold"),
+        "Greedy class-aware NMS on C-contiguous float32 boxes (N, 4) xyxy and scores (N,), int64 class_ids (N,): "
+        "kept indices, highest score first.");
 #ifdef DDE_WITH_CUDA
   m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
   m.def("fft_filter_cuda",

@@ -1,4 +1,4 @@
-"""Decoding of the exported model's output and non-maximum suppression (numpy only).
+"""Decoding of the exported model's output and non-maximum suppression.
 
 Every exported model returns ``detections`` of shape (N, A, 4 + C): for each of the A anchor points of the
 stride-8/16/32 grids, a box xyxy in canvas pixels and C per-class probabilities (already sigmoid). Optional
@@ -8,6 +8,8 @@ stride-8/16/32 grids, a box xyxy in canvas pixels and C per-class probabilities 
 from __future__ import annotations
 
 import numpy as np
+
+from diffdefect_edge import _kernels
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -23,25 +25,27 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; indices of the kept boxes, highest score first."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        if order.size == 1:
-            break
-        rest = order[1:]
-        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    """Greedy NMS; indices of the kept boxes, highest score first (equal scores in input order). A box is
+    dropped when its IoU with a kept box is above ``iou_threshold``."""
+    return batched_nms(boxes, scores, np.zeros(len(boxes), np.int64), iou_threshold)
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Class-aware NMS: boxes of different classes never suppress each other."""
+    """Class-aware NMS: as :func:`nms`, but boxes of different classes never suppress each other.
+
+    Runs in the compiled extension (csrc/nms.cpp): at mAP thresholds (conf 0.001, up to 3,000 candidates) the
+    numpy loop it replaces took 0.2 s per image on the quickstart model, 1,000x the inference.
+    """
+    boxes = np.ascontiguousarray(boxes, np.float32)
+    scores = np.ascontiguousarray(scores, np.float32)
+    class_ids = np.ascontiguousarray(class_ids, np.int64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    if scores.shape != (len(boxes),) or class_ids.shape != (len(boxes),):
+        raise ValueError(f"scores {scores.shape} and class_ids {class_ids.shape} must have shape ({len(boxes)},)")
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    offset = (boxes.max() + 1.0) * class_ids.astype(np.float32)[:, None]
-    return nms(boxes + offset, scores, iou_threshold)
+    return _kernels.nms(boxes, scores, class_ids, float(iou_threshold))
 
 
 def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: int = 3000,

@@ -87,8 +87,48 @@ def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
     assert nms(boxes, scores, 0.5).tolist() == [0, 2]
-    keep = batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5)
-    assert sorted(keep.tolist()) == [0, 2, 3]
+    assert batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5).tolist() == [0, 2, 3]
+
+
+def greedy_nms_reference(boxes, scores, class_ids, iou_threshold):
+    """The definition, one kept box at a time: the highest-scored box left (first in input order on ties) is
+    kept, and every box of its class with IoU above the threshold is dropped."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        iou = box_iou(boxes[i], boxes[order])[0] if order else np.zeros(0)
+        order = [j for j, o in zip(order, iou) if class_ids[j] != class_ids[i] or o <= iou_threshold]
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batched_nms_matches_the_greedy_definition(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    xy = rng.uniform(0, 150, (n, 2)).astype(np.float32)
+    wh = rng.uniform(0, 40, (n, 2)).astype(np.float32)
+    wh[rng.random(n) < 0.1] = 0  # boxes with no area
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.random(n).astype(np.float32)
+    if seed % 2:
+        scores = np.round(scores, 1)  # many equal scores: input order decides
+    class_ids = rng.integers(0, 4, n)
+    threshold = float(rng.choice([0.3, 0.5, 0.7]))
+    assert batched_nms(boxes, scores, class_ids, threshold).tolist() == \
+        greedy_nms_reference(boxes, scores, class_ids, threshold)
+
+
+def test_nms_edge_cases():
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).tolist() == []
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    assert nms(boxes, np.array([np.nan, 0.5, 0.4], np.float32), 0.5).tolist() == [1]  # NaN ranks last
+    assert nms(boxes, np.array([0.5, 0.5, 0.5], np.float32), 1.0).tolist() == [0, 1, 2]  # IoU 1 is not above 1
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        nms(np.zeros((3, 5), np.float32), np.zeros(3, np.float32), 0.5)
+    with pytest.raises(ValueError, match="scores"):
+        batched_nms(boxes, np.zeros(2, np.float32), np.zeros(3, np.int64), 0.5)
 
 
 def test_decode_is_multi_label_thresholded_and_capped():

@@ -1,0 +1,56 @@
+// Greedy NMS over per-class lists: each kept box only scans the lower-scored boxes of its own class, so the
+// cost is (kept boxes) x (their class's size) IoUs instead of a Python loop of numpy calls per kept box.
+#include "nms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
+#include <vector>
+
+namespace dde {
+
+namespace {
+
+float iou(const float* a, const float* b) {
+  const float w = std::max(0.f, std::min(a[2], b[2]) - std::max(a[0], b[0]));
+  const float h = std::max(0.f, std::min(a[3], b[3]) - std::max(a[1], b[1]));
+  const float inter = w * h;
+  const float area_a = (a[2] - a[0]) * (a[3] - a[1]), area_b = (b[2] - b[0]) * (b[3] - b[1]);
+  return inter / std::max(area_a + area_b - inter, 1e-9f);
+}
+
+}  // namespace
+
+int64_t nms(const float* boxes, const float* scores, const int64_t* class_ids, int64_t n, float iou_threshold,
+            int64_t* keep) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  auto rank = [&](int64_t i) { return std::isnan(scores[i]) ? -std::numeric_limits<float>::infinity() : scores[i]; };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rank(a) > rank(b); });
+
+  // each class's boxes in score order, and where each box sits in its class's list
+  std::unordered_map<int64_t, std::vector<int64_t>> by_class;
+  std::vector<size_t> slot(static_cast<size_t>(n));
+  for (const int64_t i : order) {
+    auto& members = by_class[class_ids[i]];
+    slot[static_cast<size_t>(i)] = members.size();
+    members.push_back(i);
+  }
+  std::vector<char> dropped(static_cast<size_t>(n), 0);
+  int64_t count = 0;
+  for (const int64_t i : order) {
+    if (dropped[static_cast<size_t>(i)]) continue;
+    keep[count++] = i;
+    const auto& members = by_class[class_ids[i]];
+    for (size_t s = slot[static_cast<size_t>(i)] + 1; s < members.size(); ++s) {
+      const int64_t j = members[s];
+      if (!dropped[static_cast<size_t>(j)] && iou(boxes + 4 * i, boxes + 4 * j) > iou_threshold)
+        dropped[static_cast<size_t>(j)] = 1;
+    }
+  }
+  return count;
+}
+
+}  // namespace dde
