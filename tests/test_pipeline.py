@@ -109,3 +109,20 @@ def test_main_job_runs_every_stage_and_skips_them_on_rerun(tiny_pipeline_run, ti
         assert db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == demo["frames_with_defects"]
     again = run_pipeline(load_config(tiny_pipeline_config), run)
     assert all(stage.get("skipped") for stage in again.values())
+
+
+def test_force_reruns_a_training_stage_from_scratch(tiny_pipeline_run, tiny_pipeline_config: Path, tmp_path: Path,
+                                                      caplog):
+    """--force on a finished training stage trains again from epoch 1 (resuming its last epoch would do nothing)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_pipeline_run[0], run)
+    stale = run / "baseline" / "left_over.txt"
+    stale.write_text("from the old run")
+    metrics_before = (run / "baseline" / "metrics.csv").read_text()
+    with caplog.at_level("INFO"):
+        res = run_pipeline(load_config(tiny_pipeline_config), run, stages=["baseline"], force=True)
+    assert not res["baseline"].get("skipped") and not stale.exists()
+    assert "resuming" not in caplog.text and "training.train" in caplog.text  # it trained (epochs were logged)
+    assert (run / "baseline" / "metrics.csv").read_text().count("\n") == metrics_before.count("\n")

@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p)
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
-    p.add_argument("--force", action="store_true", help="rerun stages even if done with this config")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the stages from scratch even if done with this config (their directories are cleared)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ablate", help="run the ablation grid of a config and write one table")

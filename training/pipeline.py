@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -262,7 +263,10 @@ def _stage_hash(ctx: RunContext, stage: Stage) -> str:
 
 def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str] | None = None,
                  data_override: str | Path | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
-    """Run the named stages (default: all) in order; skip those already done with the same config."""
+    """Run the named stages (default: all) in order; skip those already done with the same config.
+
+    ``force`` reruns the named stages from scratch: each one's directory is cleared first.
+    """
     unknown = set(stages or []) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {STAGE_NAMES}")
@@ -281,6 +285,9 @@ def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str
                 log.info("stage %s: already done with this config, skipped", stage.name)
                 results[stage.name] = {**done["result"], "skipped": True}
                 continue
+        if force and ctx.stage_dir(stage.name).exists():
+            # from scratch: a training stage would otherwise resume from the old run's last epoch and do nothing
+            shutil.rmtree(ctx.stage_dir(stage.name))
         ctx.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
         marker.unlink(missing_ok=True)
         start = time.perf_counter()
