@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -114,6 +115,29 @@ py::array_t<int64_t> nms(const py::array& boxes_in, const py::array& scores_in,
   return keep;
 }
 
+py::tuple decode_detections(const py::array& raw_in, double conf, double iou_threshold, int64_t max_candidates,
+                            int64_t max_det) {
+  farray raw = checked(raw_in, "raw");
+  require(raw.ndim() == 2 && raw.shape(1) >= 5, "raw must have shape (anchors, 4 + classes), got " + shape_str(raw));
+  require(std::isfinite(conf) && std::isfinite(iou_threshold), "conf and iou_threshold must be finite");
+  require(max_candidates >= 1, "max_candidates must be >= 1, got " + std::to_string(max_candidates));
+  const float* rp = raw.data();
+  dde::Decoded d;
+  {
+    py::gil_scoped_release release;
+    d = dde::decode_detections(rp, raw.shape(0), raw.shape(1), static_cast<float>(conf),
+                               static_cast<float>(iou_threshold), max_candidates, max_det);
+  }
+  const auto n = static_cast<py::ssize_t>(d.scores.size());
+  farray boxes({n, py::ssize_t{4}});
+  farray scores(n);
+  py::array_t<int64_t> class_ids(n);
+  std::copy(d.boxes.begin(), d.boxes.end(), boxes.mutable_data());
+  std::copy(d.scores.begin(), d.scores.end(), scores.mutable_data());
+  std::copy(d.class_ids.begin(), d.class_ids.end(), class_ids.mutable_data());
+  return py::make_tuple(boxes, scores, class_ids);
+}
+
 #ifdef DDE_WITH_CUDA
 void cuda_check(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
@@ -134,6 +158,10 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("nms", &nms, py::arg("boxes"), py::arg("scores"), py::arg("class_ids"), py::arg("iou_threshold"),
         "Greedy class-aware NMS on C-contiguous float32 boxes (N, 4) xyxy and scores (N,), int64 class_ids (N,): "
         "kept indices, highest score first.");
+  m.def("decode_detections", &decode_detections, py::arg("raw"), py::arg("conf"), py::arg("iou_threshold"),
+        py::arg("max_candidates"), py::arg("max_det"),
+        "One image's raw output (anchors, 4 + classes) float32 -> (boxes (N, 4), scores (N,), class_ids (N,)): "
+        "probabilities > conf, at most max_candidates, class-aware NMS, at most max_det, highest score first.");
 #ifdef DDE_WITH_CUDA
   m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
   m.def("fft_filter_cuda",

@@ -1,5 +1,7 @@
 // Greedy NMS over per-class lists: each kept box only scans the lower-scored boxes of its own class, so the
 // cost is (kept boxes) x (their class's size) IoUs instead of a Python loop of numpy calls per kept box.
+// decode_detections does the whole per-image postprocessing in one call: on a line most frames have no
+// defect, and one compiled call is what keeps that frame's postprocessing cheap (a few numpy calls cost more).
 #include "nms.h"
 
 #include <algorithm>
@@ -51,6 +53,47 @@ int64_t nms(const float* boxes, const float* scores, const int64_t* class_ids, i
     }
   }
   return count;
+}
+
+Decoded decode_detections(const float* raw, int64_t anchors, int64_t width, float conf, float iou_threshold,
+                          int64_t max_candidates, int64_t max_det) {
+  const int64_t classes = width - 4;
+  std::vector<int64_t> picked;  // anchor * classes + class
+  for (int64_t a = 0; a < anchors; ++a) {
+    const float* probs = raw + a * width + 4;
+    for (int64_t c = 0; c < classes; ++c)
+      if (probs[c] > conf) picked.push_back(a * classes + c);
+  }
+  auto prob = [&](int64_t k) { return raw[(k / classes) * width + 4 + k % classes]; };
+  if (static_cast<int64_t>(picked.size()) > max_candidates) {
+    const auto cut = picked.begin() + max_candidates;
+    std::nth_element(picked.begin(), cut, picked.end(), [&](int64_t a, int64_t b) {
+      const float pa = prob(a), pb = prob(b);
+      return pa > pb || (pa == pb && a < b);
+    });
+    picked.erase(cut, picked.end());
+    std::sort(picked.begin(), picked.end());
+  }
+  const int64_t n = static_cast<int64_t>(picked.size());
+  std::vector<float> boxes(static_cast<size_t>(4 * n)), scores(static_cast<size_t>(n));
+  std::vector<int64_t> class_ids(static_cast<size_t>(n)), keep(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t a = picked[static_cast<size_t>(i)] / classes;
+    std::copy(raw + a * width, raw + a * width + 4, boxes.begin() + 4 * i);
+    scores[static_cast<size_t>(i)] = prob(picked[static_cast<size_t>(i)]);
+    class_ids[static_cast<size_t>(i)] = picked[static_cast<size_t>(i)] % classes;
+  }
+  const int64_t kept = std::min(nms(boxes.data(), scores.data(), class_ids.data(), n, iou_threshold, keep.data()),
+                                std::max<int64_t>(max_det, 0));
+  Decoded out;
+  out.boxes.reserve(static_cast<size_t>(4 * kept));
+  for (int64_t i = 0; i < kept; ++i) {
+    const size_t k = static_cast<size_t>(keep[static_cast<size_t>(i)]);
+    out.boxes.insert(out.boxes.end(), boxes.begin() + 4 * k, boxes.begin() + 4 * k + 4);
+    out.scores.push_back(scores[k]);
+    out.class_ids.push_back(class_ids[k]);
+  }
+  return out;
 }
 
 }  // namespace dde

@@ -1,6 +1,8 @@
-// Greedy non-maximum suppression, class-aware (boxes of different classes never suppress each other).
+// Detection postprocessing: decoding of the model's raw output and greedy non-maximum suppression, class-aware
+// (boxes of different classes never suppress each other).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace dde {
 
@@ -9,5 +11,18 @@ namespace dde {
 // is above iou_threshold; a pair whose union has no area has IoU 0. NaN scores rank last.
 int64_t nms(const float* boxes, const float* scores, const int64_t* class_ids, int64_t n, float iou_threshold,
             int64_t* keep);
+
+struct Decoded {
+  std::vector<float> boxes;  // (n, 4) xyxy
+  std::vector<float> scores;
+  std::vector<int64_t> class_ids;
+};
+
+// One image's raw output, `anchors` rows of `width` = 4 + classes floats: a box xyxy, then per-class
+// probabilities. Candidates are the (anchor, class) pairs with probability > conf (NaN never is), in anchor
+// then class order; beyond max_candidates only the highest-scoring are kept (on equal scores the earlier
+// pair), still in that order. Then class-aware NMS, and at most max_det detections, highest score first.
+Decoded decode_detections(const float* raw, int64_t anchors, int64_t width, float conf, float iou_threshold,
+                          int64_t max_candidates, int64_t max_det);
 
 }  // namespace dde

@@ -21,7 +21,7 @@ from diffdefect_edge.detections import Detections
 from diffdefect_edge.latency import latency_stats
 from diffdefect_edge.package import ModelPackage, load_package
 from diffdefect_edge.postprocess import decode_detections
-from diffdefect_edge.preprocess import Letterbox, letterbox, to_bgr
+from diffdefect_edge.preprocess import CanvasWriter, Letterbox, letterbox, to_bgr
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODES = ("latency", "throughput")
@@ -77,24 +77,21 @@ class Detector:
         return letterbox(bgr, self.input_size, self.pad_value)
 
     def _prepare_reused(self, frame: np.ndarray, color: str) -> tuple[np.ndarray, Letterbox]:
-        """As :meth:`prepare`, into this thread's canvas (synchronous calls only: the backend is done with its
-        input when the call returns, so the canvas is free again)."""
+        """As :meth:`prepare`, into this thread's reused canvas (synchronous calls only: the backend is done with
+        its input when the call returns, so the canvas is free again)."""
         bgr = to_bgr(frame, color)
-        local = self._local
-        canvas, lb = letterbox(bgr, self.input_size, self.pad_value, out=getattr(local, "canvas", None),
-                               out_placement=getattr(local, "placement", None))
-        local.canvas, local.placement = canvas, lb
-        return canvas, lb
+        writer = getattr(self._local, "writer", None)
+        if writer is None or writer.shape != bgr.shape:
+            writer = self._local.writer = CanvasWriter(bgr.shape, bgr.dtype, self.input_size, self.pad_value)
+        return writer.write(bgr), writer.placement
 
     def postprocess(self, dets: np.ndarray, seg: np.ndarray | None, lb: Letterbox,
                     meta: dict | None = None) -> Detections:
         """One image's raw outputs -> Detections in frame pixels."""
         boxes, scores, class_ids = decode_detections(dets, self.conf, self.iou, max_det=self.max_det)
-        if len(boxes) == 0:
-            return Detections.empty(self.names, meta)
-        xyxy = lb.boxes_to_frame(boxes)
-        masks = self._instance_masks(seg, lb, xyxy, class_ids) if seg is not None else None
-        return Detections(xyxy, scores, class_ids, self.names, masks, meta or {})
+        xyxy = lb.boxes_to_frame(boxes) if len(boxes) else boxes
+        masks = self._instance_masks(seg, lb, xyxy, class_ids) if seg is not None and len(boxes) else None
+        return Detections._from_checked(xyxy, scores, class_ids, self.names, masks, meta if meta is not None else {})
 
     def _instance_masks(self, seg: np.ndarray, lb: Letterbox, xyxy: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
         """Segmentation logits (C + 1, S/8, S/8) -> one mask per box: its class's pixels inside the box."""

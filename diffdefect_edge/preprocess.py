@@ -47,38 +47,53 @@ class Letterbox:
 
 def letterbox_params(width: int, height: int, size: int) -> Letterbox:
     scale = min(size / width, size / height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    new_w, new_h = resized_size(width, height, scale)
     return Letterbox(scale=scale, pad_x=(size - new_w) // 2, pad_y=(size - new_h) // 2,
                      frame_width=width, frame_height=height)
 
 
-def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE,
-              interpolation: int = cv2.INTER_LINEAR, out: np.ndarray | None = None,
-              out_placement: Letterbox | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Place ``image`` (H, W[, C] uint8) on a ``size`` x ``size`` canvas; returns the canvas and the placement.
+def resized_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of the frame once scaled onto the canvas."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
-    With ``out`` (a canvas of the right shape and dtype) the image is resized straight into it. If ``out`` last
-    held a frame of the same placement (``out_placement``), its pad bands already hold ``pad_value`` and are
-    not rewritten: a camera loop then only pays for the resize.
+
+class CanvasWriter:
+    """Letterboxes images of one shape and dtype into one canvas that it reuses.
+
+    The placement and the pad bands are set once: each image then costs one resize straight into the canvas.
+    A camera loop's frames all have one shape, so the Detector keeps one writer per thread (the canvas is
+    overwritten by the next :meth:`write`).
     """
-    h, w = image.shape[:2]
-    lb = letterbox_params(w, h, size)
-    new_w, new_h = max(1, round(w * lb.scale)), max(1, round(h * lb.scale))
-    shape = (size, size) + image.shape[2:]
-    if out is None or out.shape != shape or out.dtype != image.dtype:
-        out, out_placement = np.empty(shape, dtype=image.dtype), None
-    if (new_w, new_h) != (size, size) and out_placement != lb:
-        out[...] = pad_value
-    region = out[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w]
-    if (new_w, new_h) == (w, h):
-        region[...] = image.reshape(region.shape)
-    else:
-        # OpenCV writes into a 2-D or 3-channel view in place (a one-channel 3-D view it cannot take)
-        dst = region if region.ndim == 2 or region.shape[2] != 1 else None
-        resized = cv2.resize(image, (new_w, new_h), dst=dst, interpolation=interpolation)
-        if dst is None or not np.shares_memory(resized, region):
-            region[...] = resized.reshape(region.shape)
-    return out, lb
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, size: int, pad_value: int = PAD_VALUE,
+                 interpolation: int = cv2.INTER_LINEAR) -> None:
+        self.shape, self.dtype, self.interpolation = tuple(shape), np.dtype(dtype), interpolation
+        h, w = self.shape[:2]
+        self.placement = letterbox_params(w, h, size)
+        self.new_size = resized_size(w, h, self.placement.scale)
+        self.canvas = np.full((size, size) + self.shape[2:], pad_value, dtype=self.dtype)
+        new_w, new_h = self.new_size
+        lb = self.placement
+        self.region = self.canvas[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w]
+        # OpenCV resizes into a 2-D or 3-channel view in place (a one-channel 3-D view it cannot take)
+        self._dst = self.region if self.region.ndim == 2 or self.region.shape[2] != 1 else None
+
+    def write(self, image: np.ndarray) -> np.ndarray:
+        """Letterbox ``image`` (of this writer's shape and dtype) into the canvas and return the canvas."""
+        if self.new_size == (self.shape[1], self.shape[0]):
+            self.region[...] = image.reshape(self.region.shape)
+        else:
+            resized = cv2.resize(image, self.new_size, dst=self._dst, interpolation=self.interpolation)
+            if resized is not self.region:
+                self.region[...] = resized.reshape(self.region.shape)
+        return self.canvas
+
+
+def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE,
+              interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, Letterbox]:
+    """Place ``image`` (H, W[, C]) on a new ``size`` x ``size`` canvas; returns the canvas and the placement."""
+    writer = CanvasWriter(image.shape, image.dtype, size, pad_value, interpolation)
+    return writer.write(image), writer.placement
 
 
 def to_bgr(frame: object, color: str = "bgr", name: str = "frame") -> np.ndarray:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from diffdefect_edge.postprocess import batched_nms, box_iou, decode_detections, nms
-from diffdefect_edge.preprocess import PAD_VALUE, letterbox, normalize_nchw, to_bgr
+from diffdefect_edge.preprocess import PAD_VALUE, CanvasWriter, letterbox, normalize_nchw, to_bgr
 
 
 @pytest.mark.parametrize("h,w", [(720, 1280), (200, 200), (100, 37), (1, 1)])
@@ -26,23 +27,34 @@ def test_letterbox_of_gray_and_mask_keeps_the_channel_layout():
     assert canvas.shape == (64, 64)
 
 
-def test_letterbox_into_a_reused_canvas_equals_a_fresh_one():
-    """The camera path resizes into last frame's canvas and skips the pads when the placement is unchanged:
-    the canvas must still be exactly what a fresh letterbox gives, also when the frame size changes."""
+def _reference_letterbox(frame: np.ndarray, size: int, pad_value: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    scale = min(size / w, size / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = np.full((size, size) + frame.shape[2:], pad_value, np.uint8)
+    resized = frame if (new_w, new_h) == (w, h) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized.reshape((new_h, new_w) + frame.shape[2:])
+    return canvas
+
+
+def test_canvas_writer_reused_over_frames_equals_a_fresh_letterbox():
+    """The camera path keeps one canvas per frame shape and resizes each frame straight into it: every frame's
+    canvas must be exactly the letterbox rule's, pad bands included, whatever came before."""
     rng = np.random.default_rng(0)
-    shapes = [(720, 1280, 3), (720, 1280, 3), (300, 120, 3), (720, 1280, 3), (64, 64, 3), (90, 50, 3)]
-    canvas, placement = None, None
+    writers: dict = {}
+    shapes = [(720, 1280, 3), (720, 1280, 3), (300, 120, 3), (720, 1280, 3), (64, 64, 3), (90, 50, 3), (300, 120, 3)]
     for shape in shapes:
         frame = rng.integers(0, 256, shape, dtype=np.uint8)
-        expected, expected_lb = letterbox(frame, 64)
-        canvas, placement = letterbox(frame, 64, out=canvas, out_placement=placement)
-        assert placement == expected_lb
-        np.testing.assert_array_equal(canvas, expected)
+        writer = writers.setdefault(shape, CanvasWriter(shape, np.uint8, 64))
+        canvas = writer.write(frame)
+        np.testing.assert_array_equal(canvas, _reference_letterbox(frame, 64, 114))
+        assert writer.placement == letterbox(frame, 64)[1]
     for shape in [(50, 80), (50, 80, 1)]:  # one-channel frames into one-channel canvases
-        frame = rng.integers(0, 256, shape, dtype=np.uint8)
-        expected, _ = letterbox(frame, 32, pad_value=0)
-        reused, _ = letterbox(frame, 32, pad_value=0, out=np.full(expected.shape, 9, np.uint8))
-        np.testing.assert_array_equal(reused, expected)
+        writer = CanvasWriter(shape, np.uint8, 32, pad_value=0)
+        for _ in range(2):
+            frame = rng.integers(0, 256, shape, dtype=np.uint8)
+            np.testing.assert_array_equal(writer.write(frame), _reference_letterbox(frame, 32, 0))
 
 
 def test_boxes_are_clipped_to_the_frame():
@@ -144,6 +156,58 @@ def test_decode_is_multi_label_thresholded_and_capped():
     assert decode_detections(raw, 0.25, 0.5, max_det=1)[1].tolist() == pytest.approx([0.9])
     with pytest.raises(ValueError, match="A, 4 \\+ C"):
         decode_detections(raw[:, :4], 0.25, 0.5)
+
+
+def _reference_decode(raw, conf, iou, max_candidates, max_det):
+    """The decode rule in numpy: (anchor, class) pairs above conf in row-major order, the top max_candidates by
+    (score, earlier pair) kept in that order, then the one-box-at-a-time NMS reference."""
+    anchors, classes = np.nonzero(raw[:, 4:] > conf)
+    scores = raw[anchors, 4 + classes]
+    if len(scores) > max_candidates:
+        top = np.sort(np.lexsort((np.arange(len(scores)), -scores))[:max_candidates])
+        anchors, classes, scores = anchors[top], classes[top], scores[top]
+    boxes = raw[anchors, :4]
+    keep = np.asarray(greedy_nms_reference(boxes, scores, classes, iou), np.int64)[:max_det]
+    return boxes[keep], scores[keep], classes[keep]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_decode_equals_the_numpy_rule(seed):
+    rng = np.random.default_rng(seed)
+    anchors, classes = int(rng.integers(1, 400)), int(rng.integers(1, 7))
+    xy = rng.uniform(0, 150, (anchors, 2)).astype(np.float32)
+    raw = np.concatenate([xy, xy + rng.uniform(1, 40, (anchors, 2)).astype(np.float32),
+                          rng.random((anchors, classes), dtype=np.float32).round(2)], axis=1)  # rounding: ties
+    raw[rng.random(anchors) < 0.05, 4] = np.nan  # a NaN probability is never above conf
+    conf, iou = float(rng.choice([0.001, 0.25, 0.6])), float(rng.choice([0.3, 0.5, 0.7]))
+    max_candidates, max_det = int(rng.choice([5, 50, 3000])), int(rng.choice([0, 3, 300]))
+    got = decode_detections(raw, conf, iou, max_candidates=max_candidates, max_det=max_det)
+    expected = _reference_decode(raw, conf, iou, max_candidates, max_det)
+    for g, e, dtype in zip(got, expected, (np.float32, np.float32, np.int64)):
+        assert g.dtype == dtype
+        np.testing.assert_array_equal(g, e.astype(dtype))
+
+
+def test_decode_of_a_frame_with_nothing_above_conf_is_empty_and_typed():
+    raw = np.zeros((50, 4 + 3), np.float32)
+    raw[:, 4:] = 0.2
+    boxes, scores, classes = decode_detections(raw, conf=0.2, iou=0.5)  # equal to conf is not above it
+    assert boxes.shape == (0, 4) and boxes.dtype == np.float32
+    assert scores.shape == (0,) and scores.dtype == np.float32 and classes.dtype == np.int64
+    assert decode_detections(np.zeros((0, 7), np.float32), 0.2, 0.5)[0].shape == (0, 4)
+
+
+def test_decode_accepts_other_float_layouts_and_refuses_bad_arguments():
+    raw = np.zeros((6, 4 + 2), np.float64)
+    raw[2] = [1, 1, 5, 5, 0.9, 0.1]
+    boxes, scores, _ = decode_detections(np.asfortranarray(raw), 0.25, 0.5)  # converted, not refused
+    assert boxes.tolist() == [[1, 1, 5, 5]] and scores.tolist() == pytest.approx([0.9])
+    with pytest.raises(ValueError, match="A, 4 \\+ C"):
+        decode_detections(raw[:, 0], 0.25, 0.5)
+    with pytest.raises(ValueError, match="max_candidates"):
+        decode_detections(raw, 0.25, 0.5, max_candidates=0)
+    with pytest.raises(ValueError, match="finite"):
+        decode_detections(raw, float("nan"), 0.5)
 
 
 def test_box_iou_matrix():
