@@ -145,6 +145,24 @@ def test_cross_attention_exact_at_half_integer_base2_logits():
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("slope", [0.2, 0.1, 0.02, -0.2])
+def test_cross_attention_when_the_max_rises_across_key_tiles(slope):
+    """The kernel exponentiates against a reference max that only moves once a query's running max exceeds it by
+    more than 2^8: logits that rise along the keys (by 12, 6 or 1.2 per 60-key tile in base 2) make it move at
+    every tile, every other tile or never after the first; falling logits never. All must give the softmax."""
+    lk, d = 500, 32
+    q = np.zeros((1, 1, 5, d), np.float32)
+    q[..., 0] = 1.0
+    q[0, 0, :, 1] = np.linspace(-1, 1, 5)  # queries differ a little
+    k = np.zeros((1, 1, lk, d), np.float32)
+    k[0, 0, :, 0] = slope * np.arange(lk)
+    k[0, 0, :, 1] = RNG.standard_normal(lk)
+    v = RNG.standard_normal((1, 1, lk, d)).astype(np.float32)
+    scale = float(np.float32(np.log(2)))  # base-2 logits = q . k
+    out = kernels.cross_attention(q, k, v, scale=scale)
+    assert rel_err(out, attention_reference(q, k, v, scale)) < ATTENTION_REL_TOL
+
+
 def test_cross_attention_large_random_logits_within_float32_precision():
     rng = np.random.default_rng(8)
     q = (rng.standard_normal((1, 2, 40, 32)) * 50).astype(np.float32)
