@@ -1,6 +1,6 @@
 """Frame checks and the letterbox rule, shared by training, export and the runtime.
 
-The letterbox rule: scale the frame by ``min(S / h, S / w)`` (never above ``max_upscale``), resize with
+The letterbox rule: scale the frame by ``min(S / h, S / w)`` (smaller frames are scaled up), resize with
 bilinear interpolation to ``round(w * scale) x round(h * scale)``, and pad it centred in an S x S canvas filled
 with ``pad_value``. :class:`Letterbox` keeps the numbers needed to map boxes back to frame pixels.
 """
