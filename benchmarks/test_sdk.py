@@ -99,6 +99,24 @@ def test_letterbox_cost(benchmark, package, frame, impl):
                            rounds=200, warmup_rounds=5, iterations=1)
 
 
+@pytest.mark.parametrize("impl", ["warm", "after_inference"])
+def test_postprocess_cost(benchmark, package, frame, impl):
+    """What turning one frame's raw output into Detections costs (decode + NMS in the extension, boxes to frame
+    pixels, the Detections): back to back, and right after a raw inference, as inside ``det(frame)``."""
+    benchmark.group = "postprocess openvino/fp32"
+    with _detector(package, "openvino", "fp32") as det:
+        canvas, placement = det.prepare(frame)
+        tensor = det.backend.model_input(canvas[None])
+        dets, _ = det.backend.infer_prepared(tensor)
+
+        def infer_first() -> None:  # untimed: the inference that precedes the postprocessing in det(frame)
+            det.backend.infer_prepared(tensor)
+
+        benchmark.pedantic(lambda: det.postprocess(dets[0], None, placement),
+                           setup=infer_first if impl == "after_inference" else None, rounds=200, warmup_rounds=5,
+                           iterations=1)
+
+
 @pytest.mark.parametrize("impl", ["sync", "throughput"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_stream_fps(benchmark, package, frame, precision, impl):
