@@ -157,8 +157,8 @@ def test_cross_attention_exact_at_half_integer_base2_logits():
 @pytest.mark.parametrize("slope", [0.2, 0.1, 0.02, -0.2])
 def test_cross_attention_when_the_max_rises_across_key_tiles(slope):
     """The kernel exponentiates against a reference max that only moves once a query's running max exceeds it by
-    more than 8 (base 2): logits that rise along the keys (by 12, 6 or 1.2 per 60-key tile) make it move at every
-    tile, every other tile or never after the first; falling logits never. All must give the softmax."""
+    more than 8 (base 2): logits that rise along the keys (by 14.4, 7.2 or 1.4 per 72-key AVX2 tile) make it move
+    at every tile, every other tile or never after the first; falling logits never. All must give the softmax."""
     lk, d = 240, 32
     q = np.zeros((1, 1, 5, d), np.float32)
     q[..., 0] = 1.0
