@@ -54,8 +54,8 @@ def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: 
 
     Multi-label: an anchor may yield one box per class whose probability exceeds ``conf``. Beyond
     ``max_candidates`` only the highest-scoring (anchor, class) pairs go to NMS; at most ``max_det`` are kept.
-    One call into the compiled extension (csrc/nms.cpp): the frame with no defect, the usual one on a line,
-    then costs about 15 us right after an inference, where the numpy version took about 120 us (measured here).
+    One call into the compiled extension (csrc/nms.cpp): right after an inference, the whole postprocessing of
+    a frame with no defect (the usual one on a line) then takes about 50 us here, against about 120 us with numpy.
     """
     raw = np.asarray(raw)
     if raw.ndim != 2 or raw.shape[1] < 5:

@@ -80,6 +80,9 @@ class CanvasWriter:
 
     def write(self, image: np.ndarray) -> np.ndarray:
         """Letterbox ``image`` (of this writer's shape and dtype) into the canvas and return the canvas."""
+        if image.shape != self.shape or image.dtype != self.dtype:
+            raise ValueError(f"image has shape {image.shape} and dtype {image.dtype}; this CanvasWriter takes "
+                             f"{self.shape} {self.dtype}")
         if self.new_size == (self.shape[1], self.shape[0]):
             self.region[...] = image.reshape(self.region.shape)
         else:

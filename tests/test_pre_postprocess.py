@@ -55,6 +55,8 @@ def test_canvas_writer_reused_over_frames_equals_a_fresh_letterbox():
         for _ in range(2):
             frame = rng.integers(0, 256, shape, dtype=np.uint8)
             np.testing.assert_array_equal(writer.write(frame), _reference_letterbox(frame, 32, 0))
+    with pytest.raises(ValueError, match="CanvasWriter takes"):
+        writer.write(np.zeros((50, 81, 1), np.uint8))  # another frame size is refused, not written misplaced
 
 
 def test_boxes_are_clipped_to_the_frame():
