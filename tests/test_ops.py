@@ -6,7 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from diffdefect_edge import kernels  # noqa: E402
 from training.ops import cross_attention, cross_attention_reference, fft_filter, fft_filter_reference  # noqa: E402
+
+# the float32 ops run the compiled kernels: on CPU tensors, and on CUDA tensors where a GPU and the CUDA build are
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.cuda_available()), reason="no usable CUDA device")])]
 
 
 @pytest.mark.parametrize("h, w", [(7, 6), (5, 5), (1, 4), (6, 1)])
@@ -30,10 +35,12 @@ def test_fft_filter_is_self_adjoint_including_dc_and_nyquist(w):
     assert torch.allclose(lhs, rhs, atol=1e-10)
 
 
-def test_fft_filter_kernel_float32_forward_and_grads_match_reference():
-    x = torch.randn(2, 4, 20, 25, requires_grad=True)
-    mask = torch.rand(4, 20, 13, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fft_filter_kernel_float32_forward_and_grads_match_reference(device):
+    x = torch.randn(2, 4, 20, 25, device=device, requires_grad=True)
+    mask = torch.rand(4, 20, 13, device=device, requires_grad=True)
     y = fft_filter(x, mask)
+    assert y.device == x.device
     y_ref = fft_filter_reference(x, mask)
     assert torch.allclose(y, y_ref, atol=1e-5)
     g = torch.randn_like(y)
@@ -50,11 +57,13 @@ def test_cross_attention_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, b, c: cross_attention(a, b, c, scale=0.7), (q, k, v))
 
 
-def test_cross_attention_kernel_float32_matches_reference_with_grads():
-    q = torch.randn(2, 4, 50, 32, requires_grad=True)
-    k = torch.randn(2, 4, 30, 32, requires_grad=True)
-    v = torch.randn(2, 4, 30, 32, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_attention_kernel_float32_matches_reference_with_grads(device):
+    q = torch.randn(2, 4, 50, 32, device=device, requires_grad=True)
+    k = torch.randn(2, 4, 30, 32, device=device, requires_grad=True)
+    v = torch.randn(2, 4, 30, 32, device=device, requires_grad=True)
     out, ref = cross_attention(q, k, v), cross_attention_reference(q, k, v)
+    assert out.device == q.device
     assert torch.allclose(out, ref, atol=1e-5)
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
