@@ -4,7 +4,7 @@
 
 namespace dde {
 
-static std::vector<int> factorize(int n) {
+std::vector<int> fft_radices(int n) {
   std::vector<int> radices;
   while (n % 4 == 0) { radices.push_back(4); n /= 4; }
   while (n % 2 == 0) { radices.push_back(2); n /= 2; }
@@ -17,7 +17,7 @@ static std::vector<int> factorize(int n) {
 
 FftPlan::FftPlan(int n_) : n(n_) {
   int span = 1;
-  for (int p : factorize(n)) {
+  for (int p : fft_radices(n)) {
     FftPass pass;
     pass.radix = p;
     pass.span = span;

@@ -14,6 +14,10 @@ struct FftPass {
   std::vector<float> rot_cos, rot_sin;
 };
 
+// The radices of n in pass order (4s, then 2, then odd factors ascending); empty for n = 1. Used by the CPU
+// plans below and by the CUDA kernel's step program (csrc/cuda/fft_filter_program.h).
+std::vector<int> fft_radices(int n);
+
 struct FftPlan {
   int n = 1;
   std::vector<FftPass> passes;

@@ -7,8 +7,11 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "build_info.h"
+#include "cuda/fft_filter_program.h"
+#include "fft_plan.h"
 #include "kernels_api.h"
 #include "nms.h"
 #ifdef DDE_WITH_CUDA
@@ -138,6 +141,41 @@ py::tuple decode_detections(const py::array& raw_in, double conf, double iou_thr
   return py::make_tuple(boxes, scores, class_ids);
 }
 
+// The CUDA fft_filter's steps (csrc/cuda/fft_filter_program.h) run on the host, `block_threads` emulated
+// threads per step, in reverse thread order when `reverse`: what the GPU kernel computes, checkable without a GPU
+// (and a step whose result depended on the order of its threads would show as a difference between the orders).
+farray fft_filter_gpu_steps(const py::array& x_in, const py::array& mask_in, int block_threads, bool reverse) {
+  farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
+  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
+  require(block_threads >= 1, "block_threads must be >= 1");
+  const int64_t C = x.shape(1), planes = x.shape(0) * C;
+  const int H = static_cast<int>(x.shape(2)), W = static_cast<int>(x.shape(3)), Wc = W / 2 + 1;
+  const bool per_channel = mask.ndim() == 3;
+  require(mask.shape(mask.ndim() - 2) == H && mask.shape(mask.ndim() - 1) == Wc &&
+              (!per_channel || mask.shape(0) == C) && (mask.ndim() == 2 || per_channel),
+          "mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
+  const std::vector<int> radH = dde::fft_radices(H), radW = dde::fft_radices(W);
+  dde::gpu_fft::Program prog;
+  require(dde::gpu_fft::make_program(H, W, radH.data(), static_cast<int>(radH.size()), radW.data(),
+                                     static_cast<int>(radW.size()), &prog),
+          "H and W have too many prime factors");
+  std::vector<dde::gpu_fft::cf> roots(H + W), work(2 * prog.buffer);
+  dde::gpu_fft::cf* const buf[2] = {work.data(), work.data() + prog.buffer};
+  dde::gpu_fft::fill_roots(roots.data(), W, 0, 1);
+  dde::gpu_fft::fill_roots(roots.data() + W, H, 0, 1);
+  farray y({x.shape(0), C, static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(W)});
+  const int64_t plane_size = static_cast<int64_t>(H) * W, mask_size = static_cast<int64_t>(H) * Wc;
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* m = mask.data() + (per_channel ? (p % C) * mask_size : 0);
+    for (int i = 0; i < prog.nsteps; ++i)
+      for (int t = 0; t < block_threads; ++t)
+        dde::gpu_fft::run_step(prog, prog.steps[i], x.data() + p * plane_size, m, y.mutable_data() + p * plane_size,
+                               buf, roots.data(), roots.data() + W, reverse ? block_threads - 1 - t : t,
+                               block_threads);
+  }
+  return y;
+}
+
 #ifdef DDE_WITH_CUDA
 void cuda_check(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
@@ -162,16 +200,22 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("max_candidates"), py::arg("max_det"),
         "One image's raw output (anchors, 4 + classes) float32 -> (boxes (N, 4), scores (N,), class_ids (N,)): "
         "probabilities > conf, at most max_candidates, class-aware NMS, at most max_det, highest score first.");
+  m.def("_fft_filter_gpu_steps", &fft_filter_gpu_steps, py::arg("x"), py::arg("mask"), py::arg("block_threads") = 256,
+        py::arg("reverse") = false,
+        "Test hook: the CUDA fft_filter's steps run on the host with block_threads emulated threads per step.");
 #ifdef DDE_WITH_CUDA
-  m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
+  m.def("cuda_pointer_device",
+        [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
   m.def("fft_filter_cuda",
         [](std::uintptr_t x, std::uintptr_t mask, std::uintptr_t y, int64_t planes, int64_t mask_channels, int H, int W,
            std::uintptr_t stream) {
+          const std::vector<int> radH = dde::fft_radices(H), radW = dde::fft_radices(W);
           int code;
           {
             py::gil_scoped_release release;
             code = dde_cuda_fft_filter(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(mask),
-                                       reinterpret_cast<float*>(y), planes, mask_channels, H, W,
+                                       reinterpret_cast<float*>(y), planes, mask_channels, H, W, radH.data(),
+                                       static_cast<int>(radH.size()), radW.data(), static_cast<int>(radW.size()),
                                        reinterpret_cast<void*>(stream));
           }
           cuda_check(code, "fft_filter");

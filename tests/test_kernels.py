@@ -12,7 +12,7 @@ from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffdefect_edge import kernels
+from diffdefect_edge import _kernels, kernels
 
 RNG = np.random.default_rng(1234)
 
@@ -269,6 +269,21 @@ def test_every_isa_variant_agrees():
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (1, 2, 80, 80), (2, 1, 20, 25),
+                                   (1, 1, 9, 1), (1, 1, 1, 8), (1, 1, 97, 50), (1, 1, 200, 200)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_cuda_fft_filter_algorithm_on_the_host_matches_reference(shape, per_channel):
+    """The CUDA kernel's steps (csrc/cuda/fft_filter_program.h) run on the CPU: the GPU's arithmetic and indexing
+    are checked on every machine. Emulated blocks of 256, 7 and 1 threads, one in reverse thread order, must all
+    agree with numpy: a step whose result depended on its threads' order would differ."""
+    x, mask = _fft_case(shape, per_channel)
+    ref = fft_reference(x, mask)
+    for block_threads, reverse in ((256, False), (7, True), (1, False)):
+        y = _kernels._fft_filter_gpu_steps(x, mask, block_threads, reverse)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert rel_err(y, ref) < 1e-5, (block_threads, reverse)
+
 
 needs_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
 

@@ -18,9 +18,10 @@ extern "C" {
 // Device that owns ptr, or -1 for host / unregistered memory.
 int dde_cuda_pointer_device(const void* ptr);
 // fft_filter on device arrays, launched on `stream`: x, y (planes, H, W); mask (H, W/2+1) or
-// (mask_channels, H, W/2+1) when mask_channels > 0. Own kernel, mask multiply fused (no cuFFT).
+// (mask_channels, H, W/2+1) when mask_channels > 0. radH/radW: the FFT radices of H and W in pass order
+// (dde::fft_radices). Own fused kernel (csrc/cuda/fft_filter_program.h), no cuFFT.
 int dde_cuda_fft_filter(const float* x, const float* mask, float* y, int64_t planes, int64_t mask_channels, int H,
-                        int W, void* stream);
+                        int W, const int* radH, int nH, const int* radW, int nW, void* stream);
 // Flash-style attention on device arrays (groups, L, D), launched on `stream`.
 int dde_cuda_cross_attention(const float* q, const float* k, const float* v, float* out, int64_t groups,
                              int64_t Lq, int64_t Lk, int D, float scale, void* stream);

@@ -1,121 +1,79 @@
-// fft_filter on CUDA: one block per plane. The plane's half spectrum lives in shared memory (or in a
-// global workspace when it does not fit); row DFT -> column DFT -> mask -> inverse column DFT -> inverse
-// row DFT all happen in that one kernel, so the mask multiply is fused and nothing else touches memory.
-// Twiddles come from a per-block table computed in double precision.
+// fft_filter on CUDA: our own fused kernel (no cuFFT). One thread block filters one plane at a time entirely
+// in its work area (shared memory when the plane fits, else a global workspace per block): row FFTs, column
+// FFTs, the mask multiply, and the inverse transforms, as the steps of csrc/cuda/fft_filter_program.h, so the
+// input is read once and the output written once. Mixed-radix Stockham FFTs: any H and W.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "cuda/cuda_api.h"
+#include "cuda/fft_filter_program.h"
 
 namespace {
 
-__device__ inline float2 cmul(float2 a, float2 b) { return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
+using dde::gpu_fft::cf;
+using dde::gpu_fft::Program;
 
-// twiddle table: tw[j] = exp(-2 pi i j / n)
-__device__ void fill_twiddles(float2* tw, int n) {
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    double s, c;
-    sincospi(-2.0 * j / n, &s, &c);
-    tw[j] = make_float2(static_cast<float>(c), static_cast<float>(s));
-  }
-}
+constexpr int kThreads = 256;
+static_assert(sizeof(Program) <= 4096, "the program must fit in the kernel's 4 KiB of arguments");
 
-__global__ void fft_filter_kernel(const float* __restrict__ x, const float* __restrict__ mask, float* __restrict__ y,
-                                  int64_t mask_channels, int H, int W, float2* global_work) {
-  extern __shared__ float2 smem[];
-  const int Wc = W / 2 + 1;
-  const int64_t p = blockIdx.x;
-  float2* twH = smem;
-  float2* twW = twH + H;
-  float2* spec = global_work ? global_work + p * 2 * static_cast<int64_t>(H) * Wc : twW + W;
-  float2* tmp = spec + static_cast<int64_t>(H) * Wc;
-  float* plane = reinterpret_cast<float*>(tmp);  // the real plane fits in tmp (2 * Wc >= W)
-  fill_twiddles(twH, H);
-  fill_twiddles(twW, W);
-  const float* xp = x + p * H * W;
-  for (int i = threadIdx.x; i < H * W; i += blockDim.x) plane[i] = xp[i];
+__global__ void __launch_bounds__(kThreads)
+    fft_filter_kernel(const float* __restrict__ x, const float* __restrict__ mask, float* __restrict__ y,
+                      int64_t planes, int64_t mask_channels, const __grid_constant__ Program prog, cf* global_work) {
+  extern __shared__ cf smem[];
+  const int H = prog.H, W = prog.W, Wc = prog.Wc;
+  cf* rootW = smem;
+  cf* rootH = rootW + W;
+  cf* work = global_work ? global_work + static_cast<int64_t>(blockIdx.x) * 2 * prog.buffer : rootH + H;
+  cf* const buf[2] = {work, work + prog.buffer};
+  dde::gpu_fft::fill_roots(rootW, W, threadIdx.x, blockDim.x);
+  dde::gpu_fft::fill_roots(rootH, H, threadIdx.x, blockDim.x);
   __syncthreads();
-
-  // real DFT of each row
-  for (int i = threadIdx.x; i < H * Wc; i += blockDim.x) {
-    const int r = i / Wc, k = i % Wc;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const float2 t = twW[(k * w) % W];
-      acc.x += plane[r * W + w] * t.x;
-      acc.y += plane[r * W + w] * t.y;
+  const int64_t plane_size = static_cast<int64_t>(H) * W, mask_size = static_cast<int64_t>(H) * Wc;
+  for (int64_t p = blockIdx.x; p < planes; p += gridDim.x) {
+    const float* m = mask + (mask_channels > 0 ? (p % mask_channels) * mask_size : 0);
+    for (int i = 0; i < prog.nsteps; ++i) {
+      dde::gpu_fft::run_step(prog, prog.steps[i], x + p * plane_size, m, y + p * plane_size, buf, rootW, rootH,
+                             threadIdx.x, blockDim.x);
+      __syncthreads();
     }
-    spec[i] = acc;
-  }
-  __syncthreads();
-
-  // column DFT, times the mask
-  const float* m = mask + (mask_channels > 0 ? (p % mask_channels) * H * Wc : 0);
-  for (int i = threadIdx.x; i < H * Wc; i += blockDim.x) {
-    const int kh = i / Wc, k = i % Wc;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) {
-      const float2 v = cmul(spec[h * Wc + k], twH[(kh * h) % H]);
-      acc.x += v.x;
-      acc.y += v.y;
-    }
-    tmp[i] = make_float2(acc.x * m[i], acc.y * m[i]);
-  }
-  __syncthreads();
-
-  // inverse column DFT (conjugate twiddles)
-  for (int i = threadIdx.x; i < H * Wc; i += blockDim.x) {
-    const int h = i / Wc, k = i % Wc;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kh = 0; kh < H; ++kh) {
-      float2 t = twH[(kh * h) % H];
-      t.y = -t.y;
-      const float2 v = cmul(tmp[kh * Wc + k], t);
-      acc.x += v.x;
-      acc.y += v.y;
-    }
-    spec[i] = acc;
-  }
-  __syncthreads();
-
-  // inverse real DFT of each row: bins 1..ceil(W/2)-1 count twice; DC and Nyquist once, real part only
-  const float scale = 1.0f / (static_cast<float>(H) * W);
-  float* yp = y + p * H * W;
-  for (int i = threadIdx.x; i < H * W; i += blockDim.x) {
-    const int r = i / W, w = i % W;
-    float acc = 0.f;
-    for (int k = 0; k < Wc; ++k) {
-      const float2 z = spec[r * Wc + k];
-      const float2 t = twW[(k * w) % W];  // e^{-i..}; Re(z e^{+i..}) = z.x t.x + z.y t.y
-      const float weight = (k == 0 || 2 * k == W) ? 1.f : 2.f;
-      acc += weight * (z.x * t.x + z.y * t.y);
-    }
-    yp[i] = acc * scale;
   }
 }
 
 }  // namespace
 
 extern "C" int dde_cuda_fft_filter(const float* x, const float* mask, float* y, int64_t planes, int64_t mask_channels,
-                                   int H, int W, void* stream) {
+                                   int H, int W, const int* radH, int nH, const int* radW, int nW, void* stream) {
   if (planes == 0) return 0;
-  const int Wc = W / 2 + 1;
+  Program prog;
+  if (!dde::gpu_fft::make_program(H, W, radH, nH, radW, nW, &prog)) return static_cast<int>(cudaErrorInvalidValue);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const size_t tables = sizeof(float2) * (H + W);
-  const size_t work = sizeof(float2) * 2 * static_cast<size_t>(H) * Wc;
-  int device = 0, max_smem = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  float2* global_work = nullptr;
-  size_t smem = tables + work;
-  if (smem > static_cast<size_t>(max_smem)) {  // large planes: spectrum in a global workspace
-    cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&global_work), work * planes, s);
+  int device = 0, max_smem = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const size_t tables = sizeof(cf) * (H + W), work = sizeof(cf) * 2 * static_cast<size_t>(prog.buffer);
+  const bool in_shared = tables + work <= static_cast<size_t>(max_smem);
+  const size_t smem = in_shared ? tables + work : tables;
+  if (smem > static_cast<size_t>(max_smem)) return static_cast<int>(cudaErrorInvalidValue);  // H + W too large
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(fft_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
-    smem = tables;
   }
-  if (smem > 48 * 1024) cudaFuncSetAttribute(fft_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(smem));
-  fft_filter_kernel<<<static_cast<unsigned>(planes), 256, smem, s>>>(x, mask, y, mask_channels, H, W, global_work);
-  cudaError_t err = cudaGetLastError();
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fft_filter_kernel, kThreads, smem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  // one resident wave of blocks, each looping over planes (the root tables are built once per block)
+  const int64_t blocks = std::min<int64_t>(planes, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
+  cf* global_work = nullptr;
+  if (!in_shared) {
+    err = cudaMallocAsync(reinterpret_cast<void**>(&global_work), work * blocks, s);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  fft_filter_kernel<<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(x, mask, y, planes, mask_channels, prog,
+                                                                          global_work);
+  err = cudaGetLastError();
   if (global_work) cudaFreeAsync(global_work, s);
   return static_cast<int>(err);
 }
