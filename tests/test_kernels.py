@@ -270,6 +270,29 @@ def test_every_isa_variant_agrees():
 
 # ---------------------------------------------------------------------------------------------- CUDA
 
+@pytest.mark.parametrize("shape", [(2, 3, 77, 45, 16), (1, 2, 130, 200, 32), (2, 1, 65, 63, 33), (1, 1, 64, 64, 128),
+                                   (1, 1, 1, 1, 1), (1, 2, 5, 130, 7)])
+def test_cuda_cross_attention_algorithm_on_the_host_matches_reference(shape):
+    """The CUDA kernel's phases (csrc/cuda/attention_program.h) run on the CPU thread by thread, also in reverse
+    thread order: partial query and key tiles, head dims padded to 32, all four register-tile widths."""
+    b, h, lq, lk, d = shape
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((b, h, lq, d), (b, h, lk, d), (b, h, lk, d)))
+    for reverse in (False, True):
+        out = _kernels._cross_attention_gpu_steps(q, k, v, 1 / np.sqrt(d), reverse)
+        assert attention_err(out, q, k, v, 1 / np.sqrt(d)) < ATTENTION_REL_TOL, reverse
+
+
+def test_cuda_cross_attention_algorithm_on_the_host_is_stable_for_huge_logits():
+    """As test_cross_attention_is_stable_for_huge_logits, for the CUDA kernel's phases run on the host."""
+    rng = np.random.default_rng(7)
+    q = rng.integers(-3, 4, (1, 2, 40, 32)).astype(np.float32)
+    k = rng.integers(-3, 4, (1, 2, 150, 32)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 150, 32)).astype(np.float32)
+    out = _kernels._cross_attention_gpu_steps(q, k, v, 100.0)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, attention_reference(q, k, v, 100.0), atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (1, 2, 80, 80), (2, 1, 20, 25),
                                    (1, 1, 9, 1), (1, 1, 1, 8), (1, 1, 97, 50), (1, 1, 200, 200)])
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -1,86 +1,55 @@
-// Flash-style cross-attention on CUDA: a block of 4 warps owns 16 query rows (4 per warp) and streams
-// over key tiles of 32 keys held in shared memory, with an online softmax; no Lq x Lk matrix exists.
+// Flash-style cross-attention on CUDA: a block of 128 threads owns 64 query rows and streams over tiles of 64
+// keys with an online softmax, each thread holding a 4 x 8 block of scores and 4 rows of the output in
+// registers; no Lq x Lk matrix exists. The phases are written once in csrc/cuda/attention_program.h (which the
+// tests also run on the host).
 #include <cuda_runtime.h>
 
-#include <cfloat>
-
+#include "cuda/attention_program.h"
 #include "cuda/cuda_api.h"
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kRowsPerWarp = 4;
-constexpr int kRows = kWarps * kRowsPerWarp;
-constexpr int kKeys = 32;
-constexpr int kMaxD = 128;
+namespace ga = dde::gpu_attention;
 
-__global__ void attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                                 float* __restrict__ out, int64_t Lq, int64_t Lk, int D, float scale) {
-  __shared__ float Qs[kRows][kMaxD];
-  __shared__ float Ks[kKeys][kMaxD + 1];  // +1: lanes read different keys at the same d without bank conflicts
-  __shared__ float Vs[kKeys][kMaxD];
+template <int DD>
+__global__ void __launch_bounds__(ga::kThreads)
+    attention_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                     float* __restrict__ out, int Lq, int Lk, int D, float qscale) {
+  extern __shared__ float4 smem[];  // 16-byte aligned: the tiles are read with vector loads
+  constexpr int Dp = DD * ga::CG;
+  const ga::Tiles sh = ga::carve(reinterpret_cast<float*>(smem), Dp);
   const int64_t g = blockIdx.y;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float* qg = q + g * Lq * D;
-  const float* kg = k + g * Lk * D;
-  const float* vg = v + g * Lk * D;
-
-  for (int i = threadIdx.x; i < kRows * D; i += blockDim.x) {
-    const int r = i / D, d = i % D;
-    Qs[r][d] = (row0 + r < Lq) ? qg[(row0 + r) * D + d] * scale : 0.f;
-  }
-  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kMaxD / 32];
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    m[r] = -FLT_MAX;
-    l[r] = 0.f;
-    for (int t = 0; t < kMaxD / 32; ++t) acc[r][t] = 0.f;
-  }
-  const int dchunks = (D + 31) / 32;
-
-  for (int64_t j0 = 0; j0 < Lk; j0 += kKeys) {
+  const ga::Problem pb{q + g * Lq * D, k + g * Lk * D, v + g * Lk * D, out + g * Lq * D,
+                       Lq, Lk, D, Dp, static_cast<int>(blockIdx.x) * ga::BQ, qscale};
+  const int tid = threadIdx.x;
+  ga::State<DD> st;
+  ga::init_state(st);
+  ga::load_queries(pb, sh, tid, blockDim.x);
+  for (int j0 = 0; j0 < Lk; j0 += ga::BK) {
+    ga::load_keys_values(pb, sh, j0, tid, blockDim.x);
     __syncthreads();
-    for (int i = threadIdx.x; i < kKeys * D; i += blockDim.x) {
-      const int j = i / D, d = i % D;
-      const bool valid = j0 + j < Lk;
-      Ks[j][d] = valid ? kg[(j0 + j) * D + d] : 0.f;
-      Vs[j][d] = valid ? vg[(j0 + j) * D + d] : 0.f;
-    }
+    ga::scores(pb, sh, j0, st, tid);
     __syncthreads();
-    const bool key_valid = j0 + lane < Lk;
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float* qr = Qs[warp * kRowsPerWarp + r];
-      float s = 0.f;
-      for (int d = 0; d < D; ++d) s += qr[d] * Ks[lane][d];
-      s = key_valid ? s : -FLT_MAX;
-      float mx = s;
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float m_new = fmaxf(m[r], mx);
-      const float corr = __expf(m[r] - m_new);
-      const float p = key_valid ? __expf(s - m_new) : 0.f;
-      float sum = p;
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      l[r] = l[r] * corr + sum;
-      m[r] = m_new;
-      for (int t = 0; t < dchunks; ++t) acc[r][t] *= corr;
-      for (int j = 0; j < kKeys; ++j) {
-        const float pj = __shfl_sync(0xffffffffu, p, j);
-        for (int t = 0; t < dchunks; ++t) {
-          const int d = lane + 32 * t;
-          if (d < D) acc[r][t] += pj * Vs[j][d];
-        }
-      }
-    }
+    ga::softmax(sh, st, tid);
+    __syncthreads();
+    ga::accumulate_pv(pb, sh, st, tid);
+    __syncthreads();
   }
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t row = row0 + warp * kRowsPerWarp + r;
-    if (row >= Lq) continue;
-    const float inv = 1.f / l[r];
-    for (int t = 0; t < dchunks; ++t) {
-      const int d = lane + 32 * t;
-      if (d < D) out[(g * Lq + row) * D + d] = acc[r][t] * inv;
-    }
+  ga::store(pb, st, tid);
+}
+
+template <int DD>
+int launch(const float* q, const float* k, const float* v, float* out, int64_t groups, int Lq, int Lk, int D,
+           float qscale, cudaStream_t stream) {
+  const size_t smem = sizeof(float) * ga::tile_floats(DD * ga::CG);
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(attention_kernel<DD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return static_cast<int>(err);
   }
+  const dim3 grid(static_cast<unsigned>((Lq + ga::BQ - 1) / ga::BQ), static_cast<unsigned>(groups));
+  attention_kernel<DD><<<grid, ga::kThreads, smem, stream>>>(q, k, v, out, Lq, Lk, D, qscale);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
@@ -88,10 +57,17 @@ __global__ void attention_kernel(const float* __restrict__ q, const float* __res
 extern "C" int dde_cuda_cross_attention(const float* q, const float* k, const float* v, float* out, int64_t groups,
                                         int64_t Lq, int64_t Lk, int D, float scale, void* stream) {
   if (groups == 0 || Lq == 0) return 0;
-  if (D > kMaxD || groups > 65535) return static_cast<int>(cudaErrorInvalidValue);
-  dim3 grid(static_cast<unsigned>((Lq + kRows - 1) / kRows), static_cast<unsigned>(groups));
-  attention_kernel<<<grid, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(q, k, v, out, Lq, Lk, D, scale);
-  return static_cast<int>(cudaGetLastError());
+  if (D < 1 || D > ga::kMaxD || groups > 65535 || Lq >= (int64_t{1} << 31) || Lk < 1 || Lk >= (int64_t{1} << 31))
+    return static_cast<int>(cudaErrorInvalidValue);
+  const float qscale = scale * 1.44269504088896341f;  // scores in the base-2 domain
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int lq = static_cast<int>(Lq), lk = static_cast<int>(Lk);
+  switch (ga::padded_dim(D) / ga::CG) {
+    case 4: return launch<4>(q, k, v, out, groups, lq, lk, D, qscale, s);
+    case 8: return launch<8>(q, k, v, out, groups, lq, lk, D, qscale, s);
+    case 12: return launch<12>(q, k, v, out, groups, lq, lk, D, qscale, s);
+    default: return launch<16>(q, k, v, out, groups, lq, lk, D, qscale, s);
+  }
 }
 
 extern "C" int dde_cuda_pointer_device(const void* ptr) {
