@@ -227,6 +227,22 @@ farray cross_attention_gpu_steps(const py::array& q_in, const py::array& k_in, c
 void cuda_check(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
 }
+
+// Runs launch() with the device that owns `ptr` current (tensors may live on another device than the current
+// one), then restores the caller's device.
+template <class Launch>
+int on_device_of(const void* ptr, Launch launch) {
+  const int device = dde_cuda_pointer_device(ptr);
+  int previous = 0, code = dde_cuda_get_device(&previous);
+  if (code == 0 && device >= 0 && device != previous) code = dde_cuda_set_device(device);
+  if (code != 0) return code;
+  code = launch();
+  if (device >= 0 && device != previous) {
+    const int restored = dde_cuda_set_device(previous);
+    if (code == 0) code = restored;
+  }
+  return code;
+}
 #endif
 
 }  // namespace
@@ -263,10 +279,12 @@ PYBIND11_MODULE(_kernels, m) {
           int code;
           {
             py::gil_scoped_release release;
-            code = dde_cuda_fft_filter(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(mask),
-                                       reinterpret_cast<float*>(y), planes, mask_channels, H, W, radH.data(),
-                                       static_cast<int>(radH.size()), radW.data(), static_cast<int>(radW.size()),
-                                       reinterpret_cast<void*>(stream));
+            code = on_device_of(reinterpret_cast<const void*>(x), [&] {
+              return dde_cuda_fft_filter(reinterpret_cast<const float*>(x), reinterpret_cast<const float*>(mask),
+                                         reinterpret_cast<float*>(y), planes, mask_channels, H, W, radH.data(),
+                                         static_cast<int>(radH.size()), radW.data(), static_cast<int>(radW.size()),
+                                         reinterpret_cast<void*>(stream));
+            });
           }
           cuda_check(code, "fft_filter");
         });
@@ -276,9 +294,11 @@ PYBIND11_MODULE(_kernels, m) {
           int code;
           {
             py::gil_scoped_release release;
-            code = dde_cuda_cross_attention(reinterpret_cast<const float*>(q), reinterpret_cast<const float*>(k),
-                                            reinterpret_cast<const float*>(v), reinterpret_cast<float*>(out), groups,
-                                            Lq, Lk, D, scale, reinterpret_cast<void*>(stream));
+            code = on_device_of(reinterpret_cast<const void*>(q), [&] {
+              return dde_cuda_cross_attention(reinterpret_cast<const float*>(q), reinterpret_cast<const float*>(k),
+                                              reinterpret_cast<const float*>(v), reinterpret_cast<float*>(out),
+                                              groups, Lq, Lk, D, scale, reinterpret_cast<void*>(stream));
+            });
           }
           cuda_check(code, "cross_attention");
         });

@@ -12,6 +12,9 @@ int dde_cuda_device_props(int device, char* name, size_t name_len, int* major, i
 // Runs a real kernel (fills n floats with i*alpha, copies back, checks): proves a device is usable.
 int dde_cuda_selftest(int device, int n, float alpha, int* ok);
 const char* dde_cuda_error_string(int code);
+// The calling thread's current device, and setting it (the kernels launch on the current device).
+int dde_cuda_get_device(int* device);
+int dde_cuda_set_device(int device);
 }
 
 extern "C" {

@@ -54,6 +54,10 @@ extern "C" int dde_cuda_selftest(int device, int n, float alpha, int* ok) {
   return 0;
 }
 
+extern "C" int dde_cuda_get_device(int* device) { return static_cast<int>(cudaGetDevice(device)); }
+
+extern "C" int dde_cuda_set_device(int device) { return static_cast<int>(cudaSetDevice(device)); }
+
 extern "C" const char* dde_cuda_error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
