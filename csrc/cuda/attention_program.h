@@ -19,12 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define DDE_HD __host__ __device__ __forceinline__
-#else
-#include <cmath>
-#define DDE_HD inline
-#endif
+#include "cuda/host_device.h"
 
 namespace dde {
 namespace gpu_attention {

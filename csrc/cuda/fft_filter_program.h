@@ -19,12 +19,7 @@
 #pragma once
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define DDE_HD __host__ __device__ __forceinline__
-#else
-#include <cmath>
-#define DDE_HD inline
-#endif
+#include "cuda/host_device.h"
 
 namespace dde {
 namespace gpu_fft {
