@@ -14,7 +14,7 @@ namespace {
 using dde::gpu_fft::cf;
 using dde::gpu_fft::Program;
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // at most
 static_assert(sizeof(Program) <= 4096, "the program must fit in the kernel's 4 KiB of arguments");
 
 __global__ void __launch_bounds__(kThreads)
@@ -61,8 +61,11 @@ extern "C" int dde_cuda_fft_filter(const float* x, const float* mask, float* y, 
     err = cudaFuncSetAttribute(fft_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return static_cast<int>(err);
   }
+  // threads per block: about one per 4 elements of a work buffer (64 to 256), so that small planes (20 x 20: a
+  // radix-4 row pass has 50 butterflies) do not leave most of a block idle and more of them fit on an SM
+  const int threads = std::min(kThreads, std::max(64, (prog.buffer / 4 + 31) / 32 * 32));
   int per_sm = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fft_filter_kernel, kThreads, smem);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fft_filter_kernel, threads, smem);
   if (err != cudaSuccess) return static_cast<int>(err);
   // one resident wave of blocks, each looping over planes (the root tables are built once per block)
   const int64_t blocks = std::min<int64_t>(planes, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
@@ -71,8 +74,8 @@ extern "C" int dde_cuda_fft_filter(const float* x, const float* mask, float* y, 
     err = cudaMallocAsync(reinterpret_cast<void**>(&global_work), work * blocks, s);
     if (err != cudaSuccess) return static_cast<int>(err);
   }
-  fft_filter_kernel<<<static_cast<unsigned>(blocks), kThreads, smem, s>>>(x, mask, y, planes, mask_channels, prog,
-                                                                          global_work);
+  fft_filter_kernel<<<static_cast<unsigned>(blocks), threads, smem, s>>>(x, mask, y, planes, mask_channels, prog,
+                                                                         global_work);
   err = cudaGetLastError();
   if (global_work) cudaFreeAsync(global_work, s);
   return static_cast<int>(err);
