@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "build_info.h"
-#include "cuda/attention_program.h"
-#include "cuda/fft_filter_program.h"
 #include "fft_plan.h"
+#include "gpu_emulation.h"
 #include "kernels_api.h"
 #include "nms.h"
+#include "py_checks.h"
 #ifdef DDE_WITH_CUDA
 #include "cuda/cuda_api.h"
 #endif
@@ -23,27 +23,10 @@ namespace py = pybind11;
 
 namespace {
 
-using farray = py::array_t<float, py::array::c_style>;
-
-farray checked(const py::array& a, const char* name) {
-  if (!py::isinstance<py::array_t<float>>(a) || a.dtype().kind() != 'f' || a.itemsize() != 4)
-    throw py::type_error(std::string(name) + " must be a float32 array, got dtype " +
-                         std::string(py::str(a.dtype())));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  if (a.size() == 0) throw py::value_error(std::string(name) + " is empty");
-  return py::reinterpret_borrow<farray>(a);
-}
-
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
-}
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
+using dde::checked;
+using dde::farray;
+using dde::require;
+using dde::shape_str;
 
 farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) {
   farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
@@ -142,87 +125,6 @@ py::tuple decode_detections(const py::array& raw_in, double conf, double iou_thr
   return py::make_tuple(boxes, scores, class_ids);
 }
 
-// The CUDA fft_filter's steps (csrc/cuda/fft_filter_program.h) run on the host, `block_threads` emulated
-// threads per step, in reverse thread order when `reverse`: what the GPU kernel computes, checkable without a GPU
-// (and a step whose result depended on the order of its threads would show as a difference between the orders).
-farray fft_filter_gpu_steps(const py::array& x_in, const py::array& mask_in, int block_threads, bool reverse) {
-  farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
-  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
-  require(block_threads >= 1, "block_threads must be >= 1");
-  const int64_t C = x.shape(1), planes = x.shape(0) * C;
-  const int H = static_cast<int>(x.shape(2)), W = static_cast<int>(x.shape(3)), Wc = W / 2 + 1;
-  const bool per_channel = mask.ndim() == 3;
-  require(mask.shape(mask.ndim() - 2) == H && mask.shape(mask.ndim() - 1) == Wc &&
-              (!per_channel || mask.shape(0) == C) && (mask.ndim() == 2 || per_channel),
-          "mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
-  const std::vector<int> radH = dde::fft_radices(H), radW = dde::fft_radices(W);
-  dde::gpu_fft::Program prog;
-  require(dde::gpu_fft::make_program(H, W, radH.data(), static_cast<int>(radH.size()), radW.data(),
-                                     static_cast<int>(radW.size()), &prog),
-          "H and W have too many prime factors");
-  std::vector<dde::gpu_fft::cf> roots(H + W), work(2 * prog.buffer);
-  dde::gpu_fft::cf* const buf[2] = {work.data(), work.data() + prog.buffer};
-  dde::gpu_fft::fill_roots(roots.data(), W, 0, 1);
-  dde::gpu_fft::fill_roots(roots.data() + W, H, 0, 1);
-  farray y({x.shape(0), C, static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(W)});
-  const int64_t plane_size = static_cast<int64_t>(H) * W, mask_size = static_cast<int64_t>(H) * Wc;
-  for (int64_t p = 0; p < planes; ++p) {
-    const float* m = mask.data() + (per_channel ? (p % C) * mask_size : 0);
-    for (int i = 0; i < prog.nsteps; ++i)
-      for (int t = 0; t < block_threads; ++t)
-        dde::gpu_fft::run_step(prog, prog.steps[i], x.data() + p * plane_size, m, y.mutable_data() + p * plane_size,
-                               buf, roots.data(), roots.data() + W, reverse ? block_threads - 1 - t : t,
-                               block_threads);
-  }
-  return y;
-}
-
-// The CUDA cross_attention's phases (csrc/cuda/attention_program.h) run on the host for every block, its 128
-// threads one after the other in each phase (in reverse order when `reverse`), each with its own registers.
-template <int DD>
-void cross_attention_gpu_phases(const float* q, const float* k, const float* v, float* out, int64_t groups, int Lq,
-                                int Lk, int D, float scale, bool reverse) {
-  namespace ga = dde::gpu_attention;
-  constexpr int Dp = DD * ga::CG;
-  std::vector<float> shared(ga::tile_floats(Dp));
-  const ga::Tiles sh = ga::carve(shared.data(), Dp);
-  std::vector<ga::State<DD>> regs(ga::kThreads);
-  auto each = [&](auto&& phase) {
-    for (int t = 0; t < ga::kThreads; ++t) phase(reverse ? ga::kThreads - 1 - t : t);
-  };
-  for (int64_t g = 0; g < groups; ++g)
-    for (int row0 = 0; row0 < Lq; row0 += ga::BQ) {
-      const ga::Problem pb{q + g * Lq * D, k + g * Lk * D, v + g * Lk * D, out + g * Lq * D,
-                           Lq, Lk, D, Dp, row0, scale * 1.44269504088896341f};
-      each([&](int t) { ga::init_state(regs[t]); });
-      each([&](int t) { ga::load_queries(pb, sh, t, ga::kThreads); });
-      for (int j0 = 0; j0 < Lk; j0 += ga::BK) {
-        each([&](int t) { ga::load_keys_values(pb, sh, j0, t, ga::kThreads); });
-        each([&](int t) { ga::scores(pb, sh, j0, regs[t], t); });
-        each([&](int t) { ga::softmax(sh, regs[t], t); });
-        each([&](int t) { ga::accumulate_pv(pb, sh, regs[t], t); });
-      }
-      each([&](int t) { ga::store(pb, regs[t], t); });
-    }
-}
-
-farray cross_attention_gpu_steps(const py::array& q_in, const py::array& k_in, const py::array& v_in, double scale,
-                                 bool reverse) {
-  farray q = checked(q_in, "q"), k = checked(k_in, "k"), v = checked(v_in, "v");
-  require(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, "q, k, v must have shape (B, heads, L, D)");
-  const int64_t B = q.shape(0), Hh = q.shape(1), Lq = q.shape(2), D = q.shape(3), Lk = k.shape(2);
-  require(D >= 1 && D <= 128 && k.shape(0) == B && k.shape(1) == Hh && k.shape(3) == D &&
-              v.shape(0) == B && v.shape(1) == Hh && v.shape(2) == Lk && v.shape(3) == D,
-          "q (B, heads, Lq, D), k and v (B, heads, Lk, D) with D <= 128");
-  farray out({B, Hh, Lq, D});
-  const int dd = dde::gpu_attention::padded_dim(static_cast<int>(D)) / dde::gpu_attention::CG;
-  auto run = dd == 4 ? cross_attention_gpu_phases<4> : dd == 8 ? cross_attention_gpu_phases<8>
-           : dd == 12 ? cross_attention_gpu_phases<12> : cross_attention_gpu_phases<16>;
-  run(q.data(), k.data(), v.data(), out.mutable_data(), B * Hh, static_cast<int>(Lq), static_cast<int>(Lk),
-      static_cast<int>(D), static_cast<float>(scale), reverse);
-  return out;
-}
-
 #ifdef DDE_WITH_CUDA
 void cuda_check(int code, const char* what) {
   if (code != 0) throw std::runtime_error(std::string(what) + ": CUDA error: " + dde_cuda_error_string(code));
@@ -263,12 +165,7 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("max_candidates"), py::arg("max_det"),
         "One image's raw output (anchors, 4 + classes) float32 -> (boxes (N, 4), scores (N,), class_ids (N,)): "
         "probabilities > conf, at most max_candidates, class-aware NMS, at most max_det, highest score first.");
-  m.def("_fft_filter_gpu_steps", &fft_filter_gpu_steps, py::arg("x"), py::arg("mask"), py::arg("block_threads") = 256,
-        py::arg("reverse") = false,
-        "Test hook: the CUDA fft_filter's steps run on the host with block_threads emulated threads per step.");
-  m.def("_cross_attention_gpu_steps", &cross_attention_gpu_steps, py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("scale"), py::arg("reverse") = false,
-        "Test hook: the CUDA cross_attention's phases run on the host, thread by thread.");
+  dde::register_gpu_emulation(m);
 #ifdef DDE_WITH_CUDA
   m.def("cuda_pointer_device",
         [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });
