@@ -17,14 +17,10 @@ namespace {
 // (and a step whose result depended on the order of its threads would show as a difference between the orders).
 farray fft_filter_gpu_steps(const py::array& x_in, const py::array& mask_in, int block_threads, bool reverse) {
   farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
-  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
+  const int64_t mask_channels = fft_mask_channels(x, mask);
   require(block_threads >= 1, "block_threads must be >= 1");
   const int64_t C = x.shape(1), planes = x.shape(0) * C;
   const int H = static_cast<int>(x.shape(2)), W = static_cast<int>(x.shape(3)), Wc = W / 2 + 1;
-  const bool per_channel = mask.ndim() == 3;
-  require(mask.shape(mask.ndim() - 2) == H && mask.shape(mask.ndim() - 1) == Wc &&
-              (!per_channel || mask.shape(0) == C) && (mask.ndim() == 2 || per_channel),
-          "mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
   const std::vector<int> radH = dde::fft_radices(H), radW = dde::fft_radices(W);
   dde::gpu_fft::Program prog;
   require(dde::gpu_fft::make_program(H, W, radH.data(), static_cast<int>(radH.size()), radW.data(),
@@ -37,7 +33,7 @@ farray fft_filter_gpu_steps(const py::array& x_in, const py::array& mask_in, int
   farray y({x.shape(0), C, static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(W)});
   const int64_t plane_size = static_cast<int64_t>(H) * W, mask_size = static_cast<int64_t>(H) * Wc;
   for (int64_t p = 0; p < planes; ++p) {
-    const float* m = mask.data() + (per_channel ? (p % C) * mask_size : 0);
+    const float* m = mask.data() + (mask_channels > 0 ? (p % mask_channels) * mask_size : 0);
     for (int i = 0; i < prog.nsteps; ++i)
       for (int t = 0; t < block_threads; ++t)
         dde::gpu_fft::run_step(prog, prog.steps[i], x.data() + p * plane_size, m, y.mutable_data() + p * plane_size,
@@ -63,7 +59,7 @@ void cross_attention_gpu_phases(const float* q, const float* k, const float* v, 
   for (int64_t g = 0; g < groups; ++g)
     for (int row0 = 0; row0 < Lq; row0 += ga::BQ) {
       const ga::Problem pb{q + g * Lq * D, k + g * Lk * D, v + g * Lk * D, out + g * Lq * D,
-                           Lq, Lk, D, Dp, row0, scale * 1.44269504088896341f};
+                           Lq, Lk, D, Dp, row0, scale * ga::kLog2e};
       each([&](int t) { ga::init_state(regs[t]); });
       each([&](int t) { ga::load_queries(pb, sh, t, ga::kThreads); });
       for (int j0 = 0; j0 < Lk; j0 += ga::BK) {
@@ -79,11 +75,8 @@ void cross_attention_gpu_phases(const float* q, const float* k, const float* v, 
 farray cross_attention_gpu_steps(const py::array& q_in, const py::array& k_in, const py::array& v_in, double scale,
                                  bool reverse) {
   farray q = checked(q_in, "q"), k = checked(k_in, "k"), v = checked(v_in, "v");
-  require(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, "q, k, v must have shape (B, heads, L, D)");
+  check_attention_shapes(q, k, v);
   const int64_t B = q.shape(0), Hh = q.shape(1), Lq = q.shape(2), D = q.shape(3), Lk = k.shape(2);
-  require(D >= 1 && D <= 128 && k.shape(0) == B && k.shape(1) == Hh && k.shape(3) == D &&
-              v.shape(0) == B && v.shape(1) == Hh && v.shape(2) == Lk && v.shape(3) == D,
-          "q (B, heads, Lq, D), k and v (B, heads, Lk, D) with D <= 128");
   farray out({B, Hh, Lq, D});
   const int dd = dde::gpu_attention::padded_dim(static_cast<int>(D)) / dde::gpu_attention::CG;
   auto run = dd == 4 ? cross_attention_gpu_phases<4> : dd == 8 ? cross_attention_gpu_phases<8>

@@ -23,28 +23,17 @@ namespace py = pybind11;
 
 namespace {
 
+using dde::check_attention_shapes;
 using dde::checked;
 using dde::farray;
+using dde::fft_mask_channels;
 using dde::require;
 using dde::shape_str;
 
 farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) {
   farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
-  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
-  const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), Wc = W / 2 + 1;
-  require(H < (1 << 20) && W < (1 << 20), "x: H and W must be below 2**20");
-  int64_t mask_channels = 0;
-  if (mask.ndim() == 2) {
-    require(mask.shape(0) == H && mask.shape(1) == Wc, "mask must have shape (H, W//2+1) = (" + std::to_string(H) +
-                                                             ", " + std::to_string(Wc) + "), got " + shape_str(mask));
-  } else if (mask.ndim() == 3) {
-    require(mask.shape(0) == C && mask.shape(1) == H && mask.shape(2) == Wc,
-            "mask must have shape (C, H, W//2+1) = (" + std::to_string(C) + ", " + std::to_string(H) + ", " +
-                std::to_string(Wc) + "), got " + shape_str(mask));
-    mask_channels = C;
-  } else {
-    throw py::value_error("mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
-  }
+  const int64_t mask_channels = fft_mask_channels(x, mask);
+  const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
   farray y({B, C, H, W});
   const float* xp = x.data();
   const float* mp = mask.data();
@@ -59,15 +48,8 @@ farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) 
 farray cross_attention(const py::array& q_in, const py::array& k_in, const py::array& v_in, double scale,
                        int threads) {
   farray q = checked(q_in, "q"), k = checked(k_in, "k"), v = checked(v_in, "v");
-  require(q.ndim() == 4, "q must have shape (B, heads, Lq, D), got " + shape_str(q));
-  require(k.ndim() == 4, "k must have shape (B, heads, Lk, D), got " + shape_str(k));
-  require(v.ndim() == 4, "v must have shape (B, heads, Lk, D), got " + shape_str(v));
+  check_attention_shapes(q, k, v);
   const int64_t B = q.shape(0), Hh = q.shape(1), Lq = q.shape(2), D = q.shape(3), Lk = k.shape(2);
-  require(D <= 128, "q: head dim D must be <= 128, got " + std::to_string(D));
-  require(k.shape(0) == B && k.shape(1) == Hh && k.shape(3) == D,
-          "k must have shape (B, heads, Lk, D) matching q " + shape_str(q) + ", got " + shape_str(k));
-  require(v.shape(0) == B && v.shape(1) == Hh && v.shape(2) == Lk && v.shape(3) == D,
-          "v must have the shape of k " + shape_str(k) + ", got " + shape_str(v));
   require(std::isfinite(scale), "scale must be finite");
   farray out({B, Hh, Lq, D});
   const float *qp = q.data(), *kp = k.data(), *vp = v.data();

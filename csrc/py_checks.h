@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 namespace dde {
@@ -29,6 +30,39 @@ inline std::string shape_str(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
   return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// fft_filter's x (B, C, H, W) and mask (H, W//2+1) or (C, H, W//2+1): returns the mask's channel count, 0 for a
+// mask shared by all channels.
+inline int64_t fft_mask_channels(const farray& x, const farray& mask) {
+  require(x.ndim() == 4, "x must have shape (B, C, H, W), got " + shape_str(x));
+  const int64_t C = x.shape(1), H = x.shape(2), W = x.shape(3), Wc = W / 2 + 1;
+  require(H < (1 << 20) && W < (1 << 20), "x: H and W must be below 2**20");
+  if (mask.ndim() == 2) {
+    require(mask.shape(0) == H && mask.shape(1) == Wc, "mask must have shape (H, W//2+1) = (" + std::to_string(H) +
+                                                             ", " + std::to_string(Wc) + "), got " + shape_str(mask));
+    return 0;
+  }
+  if (mask.ndim() == 3) {
+    require(mask.shape(0) == C && mask.shape(1) == H && mask.shape(2) == Wc,
+            "mask must have shape (C, H, W//2+1) = (" + std::to_string(C) + ", " + std::to_string(H) + ", " +
+                std::to_string(Wc) + "), got " + shape_str(mask));
+    return C;
+  }
+  throw py::value_error("mask must have shape (H, W//2+1) or (C, H, W//2+1), got " + shape_str(mask));
+}
+
+// cross_attention's q (B, heads, Lq, D), k and v (B, heads, Lk, D), D <= 128.
+inline void check_attention_shapes(const farray& q, const farray& k, const farray& v) {
+  require(q.ndim() == 4, "q must have shape (B, heads, Lq, D), got " + shape_str(q));
+  require(k.ndim() == 4, "k must have shape (B, heads, Lk, D), got " + shape_str(k));
+  require(v.ndim() == 4, "v must have shape (B, heads, Lk, D), got " + shape_str(v));
+  const int64_t B = q.shape(0), Hh = q.shape(1), D = q.shape(3), Lk = k.shape(2);
+  require(D <= 128, "q: head dim D must be <= 128, got " + std::to_string(D));
+  require(k.shape(0) == B && k.shape(1) == Hh && k.shape(3) == D,
+          "k must have shape (B, heads, Lk, D) matching q " + shape_str(q) + ", got " + shape_str(k));
+  require(v.shape(0) == B && v.shape(1) == Hh && v.shape(2) == Lk && v.shape(3) == D,
+          "v must have the shape of k " + shape_str(k) + ", got " + shape_str(v));
 }
 
 }  // namespace dde

@@ -59,7 +59,7 @@ extern "C" int dde_cuda_cross_attention(const float* q, const float* k, const fl
   if (groups == 0 || Lq == 0) return 0;
   if (D < 1 || D > ga::kMaxD || groups > 65535 || Lq >= (int64_t{1} << 31) || Lk < 1 || Lk >= (int64_t{1} << 31))
     return static_cast<int>(cudaErrorInvalidValue);
-  const float qscale = scale * 1.44269504088896341f;  // scores in the base-2 domain
+  const float qscale = scale * ga::kLog2e;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int lq = static_cast<int>(Lq), lk = static_cast<int>(Lk);
   switch (ga::padded_dim(D) / ga::CG) {

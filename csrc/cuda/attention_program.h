@@ -29,6 +29,7 @@ constexpr int CG = 8;             // column groups: threads per row block
 constexpr int TR = 4, TKEYS = 8;  // rows and keys per thread
 constexpr int QPAD = BQ + 4, KPAD = BK + 4;  // row strides of the transposed tiles (multiples of 4 for 16-byte loads)
 constexpr int kMaxD = 128;
+constexpr float kLog2e = 1.44269504088896341f;  // scores are kept in the base-2 domain: q * scale * log2(e)
 static_assert(kThreads == (BQ / TR) * CG && BK == CG * TKEYS && TKEYS == 8, "the thread grid must cover the tiles");
 
 DDE_HD int padded_dim(int D) { return (D + 31) / 32 * 32; }
