@@ -27,14 +27,15 @@ using dde::check_attention_shapes;
 using dde::checked;
 using dde::farray;
 using dde::fft_mask_channels;
+using dde::output_array;
 using dde::require;
 using dde::shape_str;
 
-farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) {
+farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads, const py::object& out) {
   farray x = checked(x_in, "x"), mask = checked(mask_in, "mask");
   const int64_t mask_channels = fft_mask_channels(x, mask);
   const int64_t B = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-  farray y({B, C, H, W});
+  farray y = output_array(out, {B, C, H, W}, {&x, &mask});
   const float* xp = x.data();
   const float* mp = mask.data();
   float* yp = y.mutable_data();
@@ -46,12 +47,12 @@ farray fft_filter(const py::array& x_in, const py::array& mask_in, int threads) 
 }
 
 farray cross_attention(const py::array& q_in, const py::array& k_in, const py::array& v_in, double scale,
-                       int threads) {
+                       int threads, const py::object& out_in) {
   farray q = checked(q_in, "q"), k = checked(k_in, "k"), v = checked(v_in, "v");
   check_attention_shapes(q, k, v);
   const int64_t B = q.shape(0), Hh = q.shape(1), Lq = q.shape(2), D = q.shape(3), Lk = k.shape(2);
   require(std::isfinite(scale), "scale must be finite");
-  farray out({B, Hh, Lq, D});
+  farray out = output_array(out_in, {B, Hh, Lq, D}, {&q, &k, &v});
   const float *qp = q.data(), *kp = k.data(), *vp = v.data();
   float* op = out.mutable_data();
   {
@@ -136,10 +137,12 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("build_info", &dde::build_info,
         "Compiler, OpenMP threads, SIMD flags, whether CUDA code was compiled and a device is usable.");
   m.def("cpu_isa", &dde::selected_isa, "The CPU kernel variant in use: avx512, avx2 or generic.");
-  m.def("fft_filter", &fft_filter, py::arg("x"), py::arg("mask"), py::arg("threads") = 0,
-        "y = irfft2(rfft2(x) * mask) on float32 C-contiguous arrays; threads=0 uses all cores.");
+  m.def("fft_filter", &fft_filter, py::arg("x"), py::arg("mask"), py::arg("threads") = 0, py::arg("out") = py::none(),
+        "y = irfft2(rfft2(x) * mask) on float32 C-contiguous arrays; threads=0 uses all cores; written into out "
+        "when given.");
   m.def("cross_attention", &cross_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"),
-        py::arg("threads") = 0, "softmax(q k^T * scale) v with a streaming softmax.");
+        py::arg("threads") = 0, py::arg("out") = py::none(),
+        "softmax(q k^T * scale) v with a streaming softmax; written into out when given.");
   m.def("nms", &nms, py::arg("boxes"), py::arg("scores"), py::arg("class_ids"), py::arg("iou_threshold"),
         "Greedy class-aware NMS on C-contiguous float32 boxes (N, 4) xyxy and scores (N,), int64 class_ids (N,): "
         "kept indices, highest score first.");

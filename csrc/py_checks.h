@@ -4,8 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace dde {
 namespace py = pybind11;
@@ -30,6 +33,31 @@ inline std::string shape_str(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
   return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Where a kernel writes its result: a new array when `out` is None, else `out` itself, which must be a writable
+// C-contiguous float32 array of exactly `shape` sharing no byte with any of `inputs` (the kernels read their
+// inputs after they start writing).
+inline farray output_array(const py::object& out, const std::vector<py::ssize_t>& shape,
+                           std::initializer_list<const farray*> inputs) {
+  if (out.is_none()) return farray(shape);
+  if (!py::isinstance<py::array>(out))
+    throw py::type_error("out must be a float32 numpy array, got " + std::string(py::str(py::type::of(out))));
+  farray o = checked(py::reinterpret_borrow<py::array>(out), "out");
+  require(o.writeable(), "out is read-only");
+  std::string expected = "(";
+  for (size_t i = 0; i < shape.size(); ++i) expected += (i ? ", " : "") + std::to_string(shape[i]);
+  expected += ")";
+  require(o.ndim() == static_cast<py::ssize_t>(shape.size()) &&
+              std::equal(shape.begin(), shape.end(), o.shape()),
+          "out must have shape " + expected + ", got " + shape_str(o));
+  const auto* lo = reinterpret_cast<const char*>(o.data());
+  const auto* hi = lo + o.nbytes();
+  for (const farray* in : inputs) {
+    const auto* in_lo = reinterpret_cast<const char*>(in->data());
+    require(hi <= in_lo || in_lo + in->nbytes() <= lo, "out must not share memory with the inputs");
+  }
+  return o;
 }
 
 // fft_filter's x (B, C, H, W) and mask (H, W//2+1) or (C, H, W//2+1): returns the mask's channel count, 0 for a

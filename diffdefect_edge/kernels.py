@@ -118,34 +118,29 @@ def _scale(scale: float | None, d: int) -> float:
 def fft_filter(x: Any, mask: Any, *, threads: int | None = None, out: Any = None) -> Any:
     """``irfft2(rfft2(x) * mask, s=(H, W))`` for x (B, C, H, W) and a real mask (H, W//2+1) or (C, H, W//2+1).
 
-    Returns a new array (numpy on CPU; a tensor like ``x``, or ``out``, on CUDA).
+    Returns a new array (numpy on CPU; a tensor like ``x`` on CUDA), or ``out``, written in place: on the CPU a
+    writable C-contiguous float32 array of x's shape that shares no memory with x or mask.
     """
     if _is_cuda(x) or _is_cuda(mask):
         return _fft_filter_cuda(x, mask, out)
     x_arr, mask_arr = _cpu_array(x, "x"), _cpu_array(mask, "mask")
     _check_fft_shapes(x_arr.shape, mask_arr.shape)
-    y = _kernels.fft_filter(x_arr, mask_arr, _check_threads(threads))
-    if out is not None:
-        np.copyto(out, y)
-        return out
-    return y
+    return _kernels.fft_filter(x_arr, mask_arr, _check_threads(threads), out)
 
 
 def cross_attention(q: Any, k: Any, v: Any, scale: float | None = None, *, threads: int | None = None,
                     out: Any = None) -> Any:
     """``softmax(q @ k^T * scale) @ v`` for q (B, heads, Lq, D), k and v (B, heads, Lk, D), D <= 128.
 
-    ``scale`` defaults to 1/sqrt(D). Memory beyond the output does not grow with Lq * Lk.
+    ``scale`` defaults to 1/sqrt(D). Memory beyond the output does not grow with Lq * Lk. Returns a new array, or
+    ``out``, written in place: on the CPU a writable C-contiguous float32 array of q's shape that shares no memory
+    with q, k or v.
     """
     if any(_is_cuda(a) for a in (q, k, v)):
         return _cross_attention_cuda(q, k, v, scale, out)
     qa, ka, va = _cpu_array(q, "q"), _cpu_array(k, "k"), _cpu_array(v, "v")
     _check_attention_shapes(qa.shape, ka.shape, va.shape)
-    o = _kernels.cross_attention(qa, ka, va, _scale(scale, qa.shape[3]), _check_threads(threads))
-    if out is not None:
-        np.copyto(out, o)
-        return out
-    return o
+    return _kernels.cross_attention(qa, ka, va, _scale(scale, qa.shape[3]), _check_threads(threads), out)
 
 
 # --------------------------------------------------------------------------------------------- CUDA

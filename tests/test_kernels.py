@@ -234,6 +234,46 @@ def test_cross_attention_bad_input(q, k, v, exc, match):
         kernels.cross_attention(q, k, v)
 
 
+def test_results_are_written_into_out_in_place():
+    """out= receives the result itself (no temporary copied over): the call returns that very array."""
+    x, mask = _fft_case((2, 3, 9, 10), per_channel=True)
+    y = np.full_like(x, np.nan)
+    assert kernels.fft_filter(x, mask, out=y) is y
+    np.testing.assert_array_equal(y, kernels.fft_filter(x, mask))
+    q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((1, 2, 33, 16), (1, 2, 70, 16), (1, 2, 70, 16)))
+    o = np.full_like(q, np.nan)
+    assert kernels.cross_attention(q, k, v, out=o) is o
+    np.testing.assert_array_equal(o, kernels.cross_attention(q, k, v))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize(
+    "make_out, exc, match",
+    [
+        (lambda q: np.zeros(q.shape), TypeError, "out must be a float32 array, got dtype float64"),
+        (lambda q: [0.0] * q.size, TypeError, "out must be a float32 numpy array"),
+        (lambda q: np.zeros(q.shape[:3] + (8,), np.float32), ValueError, r"out must have shape \(1, 2, 4, 16\)"),
+        (lambda q: np.zeros(q.shape[:3] + (32,), np.float32)[..., ::2], ValueError, "out must be C-contiguous"),
+        (lambda q: _read_only(np.zeros_like(q)), ValueError, "out is read-only"),
+        (lambda q: q, ValueError, "out must not share memory with the inputs"),
+    ],
+)
+def test_bad_out_is_refused_and_inputs_kept(make_out, exc, match):
+    """make_out builds the out= argument from the input it will be checked against."""
+    q = RNG.standard_normal(Q.shape).astype(np.float32)
+    before = q.copy()
+    with pytest.raises(exc, match=match):
+        kernels.cross_attention(q, q, q, out=make_out(q))
+    np.testing.assert_array_equal(q, before)
+    x, mask = _fft_case((1, 2, 4, 16), per_channel=False)
+    with pytest.raises(exc, match=match):
+        kernels.fft_filter(x, mask, out=make_out(x))
+
+
 def test_non_finite_scale_is_refused():
     with pytest.raises(ValueError, match="scale must be finite"):
         kernels.cross_attention(Q, Q, Q, scale=float("nan"))
