@@ -187,6 +187,16 @@ def _stream_and_out(x: Any, stream: int | None, out: Any, like_shape: tuple, nam
     return int(stream or 0), out
 
 
+def _refuse_overlap(out: tuple[int, tuple], inputs: dict[str, tuple[int, tuple]]) -> None:
+    """Refuse an out whose bytes overlap an input's ((pointer, shape) of float32 arrays): the kernels read their
+    inputs after they start writing."""
+    lo = out[0]
+    hi = lo + 4 * math.prod(out[1])
+    for name, (ptr, shape) in inputs.items():
+        if lo < ptr + 4 * math.prod(shape) and ptr < hi:
+            raise ValueError(f"out must not share memory with the inputs ({name})")
+
+
 def _same_device(ptrs: dict[str, int]) -> None:
     devices = {name: _kernels.cuda_pointer_device(ptr) for name, ptr in ptrs.items()}
     first = next(iter(devices.values()))
@@ -206,6 +216,7 @@ def _fft_filter_cuda(x: Any, mask: Any, out: Any) -> Any:
     op, os_, _ = _cuda_view(out, "out")
     if os_ != xs:
         raise ValueError(f"out must have the shape of x {xs}, got {os_}")
+    _refuse_overlap((op, os_), {"x": (xp, xs), "mask": (mp, ms)})
     _same_device({"x": xp, "mask": mp, "out": op})
     b, c, h, w = xs
     _kernels.fft_filter_cuda(xp, mp, op, b * c, channels, h, w, stream)
@@ -222,6 +233,7 @@ def _cross_attention_cuda(q: Any, k: Any, v: Any, scale: float | None, out: Any)
     op, os_, _ = _cuda_view(out, "out")
     if os_ != qs:
         raise ValueError(f"out must have the shape of q {qs}, got {os_}")
+    _refuse_overlap((op, os_), {"q": (qp, qs), "k": (kp, ks), "v": (vp, vs)})
     _same_device({"q": qp, "k": kp, "v": vp, "out": op})
     b, h, lq, d = qs
     _kernels.cross_attention_cuda(qp, kp, vp, op, b * h, lq, ks[2], d, _scale(scale, d), stream)

@@ -380,6 +380,29 @@ def test_cuda_cross_attention_matches_reference(d):
     np.testing.assert_allclose(out.cpu().numpy(), attention_reference(q, k, v, 1 / np.sqrt(d)), atol=1e-4)
 
 
+class _DeviceArray:
+    """A stand-in CUDA array: only its ``__cuda_array_interface__`` (pointer, shape), never dereferenced."""
+
+    def __init__(self, ptr: int, shape: tuple) -> None:
+        self.__cuda_array_interface__ = {"data": (ptr, False), "shape": shape, "typestr": "<f4", "version": 3}
+
+
+@pytest.mark.skipif(not hasattr(_kernels, "fft_filter_cuda"), reason="built without CUDA")
+def test_cuda_out_overlapping_an_input_is_refused_before_any_launch():
+    """Checked on the pointers alone, so it needs no GPU: on one, the kernel would read what it had overwritten."""
+    base = 1 << 20
+    x, mask = _DeviceArray(base, (1, 2, 8, 8)), _DeviceArray(base + 4096, (8, 5))
+    with pytest.raises(ValueError, match=r"out must not share memory with the inputs \(x\)"):
+        kernels.fft_filter(x, mask, out=_DeviceArray(base + 64, (1, 2, 8, 8)))
+    # right after x's 512 bytes: no overlap, so the next check (the pointers are not device memory) speaks
+    with pytest.raises(ValueError, match="is not device memory"):
+        kernels.fft_filter(x, mask, out=_DeviceArray(base + 512, (1, 2, 8, 8)))
+    q, k = _DeviceArray(base, (1, 2, 4, 16)), _DeviceArray(base + 8192, (1, 2, 6, 16))
+    v = _DeviceArray(base + 16384, (1, 2, 6, 16))
+    with pytest.raises(ValueError, match=r"out must not share memory with the inputs \(v\)"):
+        kernels.cross_attention(q, k, v, out=_DeviceArray(base + 16384 + 764, (1, 2, 4, 16)))
+
+
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_wrong_device_and_layout_are_refused():
