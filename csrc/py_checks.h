@@ -29,11 +29,14 @@ inline void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
 }
 
-inline std::string shape_str(const py::array& a) {
+// "(2, 3)", "(4,)" as Python prints a shape
+inline std::string dims_str(const py::ssize_t* dims, size_t n) {
   std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
+  for (size_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + (n == 1 ? ",)" : ")");
 }
+
+inline std::string shape_str(const py::array& a) { return dims_str(a.shape(), static_cast<size_t>(a.ndim())); }
 
 // Where a kernel writes its result: a new array when `out` is None, else `out` itself, which must be a writable
 // C-contiguous float32 array of exactly `shape` sharing no byte with any of `inputs` (the kernels read their
@@ -45,12 +48,8 @@ inline farray output_array(const py::object& out, const std::vector<py::ssize_t>
     throw py::type_error("out must be a float32 numpy array, got " + std::string(py::str(py::type::of(out))));
   farray o = checked(py::reinterpret_borrow<py::array>(out), "out");
   require(o.writeable(), "out is read-only");
-  std::string expected = "(";
-  for (size_t i = 0; i < shape.size(); ++i) expected += (i ? ", " : "") + std::to_string(shape[i]);
-  expected += ")";
-  require(o.ndim() == static_cast<py::ssize_t>(shape.size()) &&
-              std::equal(shape.begin(), shape.end(), o.shape()),
-          "out must have shape " + expected + ", got " + shape_str(o));
+  require(o.ndim() == static_cast<py::ssize_t>(shape.size()) && std::equal(shape.begin(), shape.end(), o.shape()),
+          "out must have shape " + dims_str(shape.data(), shape.size()) + ", got " + shape_str(o));
   const auto* lo = reinterpret_cast<const char*>(o.data());
   const auto* hi = lo + o.nbytes();
   for (const farray* in : inputs) {
