@@ -25,6 +25,7 @@ from diffdefect_edge import kernels  # noqa: E402
 FFT_SHAPES = [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)]
 ATTN_SHAPES = [(8, 4, 1600, 400, 32), (8, 8, 400, 400, 32), (2, 4, 6400, 1600, 32)]
 FFT_TARGET, ATTN_TARGET = 0.33, 0.70
+REFERENCE_NAMES = {"torch": "torch.fft", "torch_sdpa": "SDPA"}
 AGREEMENT = 1e-5  # relative (norm) difference allowed between our result and the reference's at each shape
 
 
@@ -72,27 +73,24 @@ def _disagreement(ours, reference) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def _ratio_against(name: str, fns: dict, reference: str, rounds: int, target: float) -> tuple[str, bool]:
+    """Our kernel's median time over the reference's, both called alternately after checking that they agree;
+    returns the report line and whether the target was met."""
+    assert _disagreement(fns["ours"](), fns[reference]()) < AGREEMENT, f"{name} disagrees with {reference}"
+    ours, ref = alternating_medians([fns["ours"], fns[reference]], rounds=rounds)
+    ratio = ours / ref
+    return f"{name}: {ratio:.3f} of {REFERENCE_NAMES[reference]} (interleaved; target <= {target})", ratio <= target
+
+
 def test_targets_as_ratios():
     """Each kernel against its reference, called alternately (the pytest-benchmark groups above are timed one
     after the other and shown for reference), after checking that the two agree."""
-    lines, failures = [], []
-    for shape in FFT_SHAPES:
-        fns = _fft_callables(shape)
-        assert _disagreement(fns["ours"](), fns["torch"]()) < AGREEMENT, f"fft_filter {shape} disagrees with torch"
-        ours, reference = alternating_medians([fns["ours"], fns["torch"]], rounds=15)
-        ratio = ours / reference
-        lines.append(f"fft_filter {shape}: {ratio:.3f} of torch.fft (interleaved; target <= {FFT_TARGET})")
-        if ratio > FFT_TARGET:
-            failures.append(lines[-1])
-    for shape in ATTN_SHAPES:
-        fns = _attn_callables(shape)
-        assert _disagreement(fns["ours"](), fns["torch_sdpa"]()) < AGREEMENT, f"cross_attention {shape} disagrees"
-        ours, reference = alternating_medians([fns["ours"], fns["torch_sdpa"]], rounds=9)
-        ratio = ours / reference
-        lines.append(f"cross_attention {shape}: {ratio:.3f} of SDPA (interleaved; target <= {ATTN_TARGET})")
-        if ratio > ATTN_TARGET:
-            failures.append(lines[-1])
-    print("\n" + "\n".join(lines))
+    checks = [_ratio_against(f"fft_filter {shape}", _fft_callables(shape), "torch", 15, FFT_TARGET)
+              for shape in FFT_SHAPES]
+    checks += [_ratio_against(f"cross_attention {shape}", _attn_callables(shape), "torch_sdpa", 9, ATTN_TARGET)
+               for shape in ATTN_SHAPES]
+    print("\n" + "\n".join(line for line, _ in checks))
+    failures = [line for line, met in checks if not met]
     assert not failures, "targets missed:\n" + "\n".join(failures)
 
 
