@@ -11,6 +11,6 @@ export DDE_CUDA=ON DDE_CUDA_ARCHITECTURES="${DDE_CUDA_ARCHITECTURES:-90}"
 "$PY" -c "from diffdefect_edge.kernels import build_info; import json; print(json.dumps(build_info(), indent=1))"
 # the timings run even when a test fails (one call on a lent GPU shows both); the exit status reports the tests
 tests=0
-"$PY" -m pytest -q tests/test_kernels.py tests/test_ops.py -m cuda -p no:cacheprovider || tests=$?
+"$PY" -m pytest -q tests/test_kernels.py tests/test_kernels_dlpack.py tests/test_ops.py -m cuda -p no:cacheprovider || tests=$?
 "$PY" benchmarks/cuda_bench.py | tee "${OUT:-/tmp}/cuda_bench.md"
 exit "$tests"

@@ -7,8 +7,10 @@ CPU inputs: numpy float32 arrays (other dtypes raise TypeError: nothing is cast 
 inputs are accepted and copied once to C order. The CPU kernels release the GIL and use all cores unless
 ``threads`` (or :func:`set_num_threads`) says otherwise.
 
-CUDA inputs: torch CUDA tensors, or any object exposing ``__cuda_array_interface__`` (then pass ``out=``
-as well). Work is queued on the caller's stream (torch's current stream, or the interface's ``stream``).
+CUDA inputs: torch CUDA tensors, or any object exposing ``__cuda_array_interface__`` or DLPack
+(``__dlpack__`` with a CUDA ``__dlpack_device__``); for those that are not torch tensors pass ``out=`` as well.
+Work is queued on the caller's stream: torch's current stream, the interface's ``stream``, or for DLPack the
+legacy default stream, which the producer is asked to synchronise with.
 CUDA inputs must be C-contiguous float32; every argument must be on the same device.
 """
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from diffdefect_edge import _dlpack
 
 try:
     from diffdefect_edge import _kernels
@@ -146,29 +150,57 @@ def cross_attention(q: Any, k: Any, v: Any, scale: float | None = None, *, threa
 # --------------------------------------------------------------------------------------------- CUDA
 
 
+class _CudaArg(NamedTuple):
+    """A CUDA argument as the kernels see it."""
+
+    pointer: int
+    shape: tuple
+    stream: int | None  # the stream its protocol names for synchronisation (None: not given)
+    keepalive: Any = None  # a DLPack capsule, held until the launch is queued
+
+
 def _is_cuda(a: Any) -> bool:
-    return hasattr(a, "__cuda_array_interface__")
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    device = _dlpack.device_of(a)
+    return device is not None and device[0] in _dlpack.CUDA_DEVICE_TYPES
 
 
-def _cuda_view(a: Any, name: str) -> tuple[int, tuple, int | None]:
-    """(device pointer, shape, stream) of a C-contiguous float32 CUDA array."""
-    if not _is_cuda(a):
+def _is_c_contiguous(shape: tuple, strides: tuple) -> bool:
+    """Strides in elements; a dimension of size 1 may have any stride."""
+    step = 1
+    for dim, stride in zip(reversed(shape), reversed(strides)):
+        if dim != 1 and stride != step:
+            return False
+        step *= dim
+    return True
+
+
+def _cuda_view(a: Any, name: str) -> _CudaArg:
+    """Pointer, shape and stream of a C-contiguous float32 CUDA array, read from its ``__cuda_array_interface__``
+    or, failing that, from a DLPack capsule (asked to be ready for the legacy default stream, which the kernels
+    then use: DLPack's stream number 1 is also CUDA's handle ``cudaStreamLegacy``)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        cai = a.__cuda_array_interface__
+        shape = tuple(cai["shape"])
+        if cai["typestr"] != "<f4":
+            raise TypeError(f"{name} must be float32, got typestr {cai['typestr']!r}")
+        byte_strides = cai.get("strides")
+        strides = None if byte_strides is None else tuple(st / 4 for st in byte_strides)
+        view = _CudaArg(int(cai["data"][0]), shape, cai.get("stream"))
+    elif _is_cuda(a):
+        tensor = _dlpack.export(a, name, _dlpack.LEGACY_DEFAULT_STREAM)
+        if not tensor.is_float32:
+            raise TypeError(f"{name} must be float32, got DLPack dtype (code, bits, lanes) {tensor.dtype}")
+        shape, strides = tensor.shape, tensor.strides
+        view = _CudaArg(tensor.pointer, shape, _dlpack.LEGACY_DEFAULT_STREAM, tensor)
+    else:
         raise ValueError(f"{name} is on the CPU but another argument is on a CUDA device (wrong device)")
-    cai = a.__cuda_array_interface__
-    shape = tuple(cai["shape"])
-    if cai["typestr"] != "<f4":
-        raise TypeError(f"{name} must be float32, got typestr {cai['typestr']!r}")
     if 0 in shape:
         raise ValueError(f"{name} is empty (shape {shape})")
-    strides = cai.get("strides")
-    if strides is not None:
-        expected, step = [], 4
-        for dim in reversed(shape):
-            expected.insert(0, step)
-            step *= dim
-        if tuple(strides) != tuple(expected):
-            raise ValueError(f"{name} must be C-contiguous on CUDA (call .contiguous() first)")
-    return int(cai["data"][0]), shape, cai.get("stream")
+    if strides is not None and not _is_c_contiguous(shape, strides):
+        raise ValueError(f"{name} must be C-contiguous on CUDA (call .contiguous() first)")
+    return view
 
 
 def _require_cuda() -> None:
@@ -187,13 +219,12 @@ def _stream_and_out(x: Any, stream: int | None, out: Any, like_shape: tuple, nam
     return int(stream or 0), out
 
 
-def _refuse_overlap(out: tuple[int, tuple], inputs: dict[str, tuple[int, tuple]]) -> None:
-    """Refuse an out whose bytes overlap an input's ((pointer, shape) of float32 arrays): the kernels read their
-    inputs after they start writing."""
-    lo = out[0]
-    hi = lo + 4 * math.prod(out[1])
-    for name, (ptr, shape) in inputs.items():
-        if lo < ptr + 4 * math.prod(shape) and ptr < hi:
+def _refuse_overlap(out: _CudaArg, inputs: dict[str, _CudaArg]) -> None:
+    """Refuse an out whose bytes overlap an input's: the kernels read their inputs after they start writing."""
+    lo = out.pointer
+    hi = lo + 4 * math.prod(out.shape)
+    for name, arg in inputs.items():
+        if lo < arg.pointer + 4 * math.prod(arg.shape) and arg.pointer < hi:
             raise ValueError(f"out must not share memory with the inputs ({name})")
 
 
@@ -209,32 +240,30 @@ def _same_device(ptrs: dict[str, int]) -> None:
 
 def _fft_filter_cuda(x: Any, mask: Any, out: Any) -> Any:
     _require_cuda()
-    xp, xs, stream = _cuda_view(x, "x")
-    mp, ms, _ = _cuda_view(mask, "mask")
-    channels = _check_fft_shapes(xs, ms)
-    stream, out = _stream_and_out(x, stream, out, xs, "fft_filter")
-    op, os_, _ = _cuda_view(out, "out")
-    if os_ != xs:
-        raise ValueError(f"out must have the shape of x {xs}, got {os_}")
-    _refuse_overlap((op, os_), {"x": (xp, xs), "mask": (mp, ms)})
-    _same_device({"x": xp, "mask": mp, "out": op})
-    b, c, h, w = xs
-    _kernels.fft_filter_cuda(xp, mp, op, b * c, channels, h, w, stream)
+    xa, ma = _cuda_view(x, "x"), _cuda_view(mask, "mask")
+    channels = _check_fft_shapes(xa.shape, ma.shape)
+    stream, out = _stream_and_out(x, xa.stream, out, xa.shape, "fft_filter")
+    oa = _cuda_view(out, "out")
+    if oa.shape != xa.shape:
+        raise ValueError(f"out must have the shape of x {xa.shape}, got {oa.shape}")
+    _refuse_overlap(oa, {"x": xa, "mask": ma})
+    _same_device({"x": xa.pointer, "mask": ma.pointer, "out": oa.pointer})
+    b, c, h, w = xa.shape
+    _kernels.fft_filter_cuda(xa.pointer, ma.pointer, oa.pointer, b * c, channels, h, w, stream)
     return out
 
 
 def _cross_attention_cuda(q: Any, k: Any, v: Any, scale: float | None, out: Any) -> Any:
     _require_cuda()
-    qp, qs, stream = _cuda_view(q, "q")
-    kp, ks, _ = _cuda_view(k, "k")
-    vp, vs, _ = _cuda_view(v, "v")
-    _check_attention_shapes(qs, ks, vs)
-    stream, out = _stream_and_out(q, stream, out, qs, "cross_attention")
-    op, os_, _ = _cuda_view(out, "out")
-    if os_ != qs:
-        raise ValueError(f"out must have the shape of q {qs}, got {os_}")
-    _refuse_overlap((op, os_), {"q": (qp, qs), "k": (kp, ks), "v": (vp, vs)})
-    _same_device({"q": qp, "k": kp, "v": vp, "out": op})
-    b, h, lq, d = qs
-    _kernels.cross_attention_cuda(qp, kp, vp, op, b * h, lq, ks[2], d, _scale(scale, d), stream)
+    qa, ka, va = _cuda_view(q, "q"), _cuda_view(k, "k"), _cuda_view(v, "v")
+    _check_attention_shapes(qa.shape, ka.shape, va.shape)
+    stream, out = _stream_and_out(q, qa.stream, out, qa.shape, "cross_attention")
+    oa = _cuda_view(out, "out")
+    if oa.shape != qa.shape:
+        raise ValueError(f"out must have the shape of q {qa.shape}, got {oa.shape}")
+    _refuse_overlap(oa, {"q": qa, "k": ka, "v": va})
+    _same_device({"q": qa.pointer, "k": ka.pointer, "v": va.pointer, "out": oa.pointer})
+    b, h, lq, d = qa.shape
+    _kernels.cross_attention_cuda(qa.pointer, ka.pointer, va.pointer, oa.pointer, b * h, lq, ka.shape[2], d,
+                                  _scale(scale, d), stream)
     return out
