@@ -7,9 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
+from diffdefect_edge import _kernels, kernels
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # training/ runs from the checkout
     sys.path.insert(0, str(REPO))
+
+# the CUDA kernels compiled in (their argument checks run without a GPU) / a GPU that ran the self-test kernel
+needs_cuda_build = pytest.mark.skipif(not hasattr(_kernels, "fft_filter_cuda"), reason="built without CUDA")
+needs_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
 
 
 def write_gray_jpeg_3ch(path: Path, width: int = 200, height: int = 200, seed: int = 0) -> Path:

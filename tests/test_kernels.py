@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, needs_cuda, needs_cuda_build
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -348,9 +348,6 @@ def test_cuda_fft_filter_algorithm_on_the_host_matches_reference(shape, per_chan
         assert rel_err(y, ref) < 1e-5, (block_threads, reverse)
 
 
-needs_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
-
-
 def _torch_cuda():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -387,7 +384,7 @@ class _DeviceArray:
         self.__cuda_array_interface__ = {"data": (ptr, False), "shape": shape, "typestr": "<f4", "version": 3}
 
 
-@pytest.mark.skipif(not hasattr(_kernels, "fft_filter_cuda"), reason="built without CUDA")
+@needs_cuda_build
 def test_cuda_out_overlapping_an_input_is_refused_before_any_launch():
     """Checked on the pointers alone, so it needs no GPU: on one, the kernel would read what it had overwritten."""
     base = 1 << 20

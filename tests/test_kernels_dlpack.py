@@ -8,10 +8,9 @@ import ctypes
 
 import numpy as np
 import pytest
+from conftest import needs_cuda, needs_cuda_build
 
-from diffdefect_edge import _dlpack, _kernels, kernels
-
-needs_cuda_build = pytest.mark.skipif(not hasattr(_kernels, "fft_filter_cuda"), reason="built without CUDA")
+from diffdefect_edge import _dlpack, kernels
 
 _capsule_new = ctypes.pythonapi.PyCapsule_New
 _capsule_new.restype = ctypes.py_object
@@ -137,7 +136,7 @@ class _DLPackOnly:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
+@needs_cuda
 def test_cuda_kernels_run_on_dlpack_only_arrays():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
