@@ -160,8 +160,10 @@ class _CudaArg(NamedTuple):
 
 
 def _is_cuda(a: Any) -> bool:
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
+    return hasattr(a, "__cuda_array_interface__") or _is_cuda_dlpack(a)
+
+
+def _is_cuda_dlpack(a: Any) -> bool:
     device = _dlpack.device_of(a)
     return device is not None and device[0] in _dlpack.CUDA_DEVICE_TYPES
 
@@ -188,7 +190,7 @@ def _cuda_view(a: Any, name: str) -> _CudaArg:
         byte_strides = cai.get("strides")
         strides = None if byte_strides is None else tuple(st / 4 for st in byte_strides)
         view = _CudaArg(int(cai["data"][0]), shape, cai.get("stream"))
-    elif _is_cuda(a):
+    elif _is_cuda_dlpack(a):
         tensor = _dlpack.export(a, name, _dlpack.LEGACY_DEFAULT_STREAM)
         if not tensor.is_float32:
             raise TypeError(f"{name} must be float32, got DLPack dtype (code, bits, lanes) {tensor.dtype}")
@@ -238,16 +240,24 @@ def _same_device(ptrs: dict[str, int]) -> None:
             raise ValueError(f"{name} is on CUDA device {dev}, others on device {first} (wrong device)")
 
 
+def _cuda_output(first: Any, out: Any, inputs: dict[str, _CudaArg], kernel: str) -> tuple[int, Any, _CudaArg]:
+    """The stream to launch on, and ``out`` (a new tensor like ``first`` when that is a torch tensor and out is
+    None) checked against the inputs: the shape of the first, no shared bytes, one device."""
+    name, like = next(iter(inputs.items()))
+    stream, out = _stream_and_out(first, like.stream, out, like.shape, kernel)
+    oa = _cuda_view(out, "out")
+    if oa.shape != like.shape:
+        raise ValueError(f"out must have the shape of {name} {like.shape}, got {oa.shape}")
+    _refuse_overlap(oa, inputs)
+    _same_device({**{n: arg.pointer for n, arg in inputs.items()}, "out": oa.pointer})
+    return stream, out, oa
+
+
 def _fft_filter_cuda(x: Any, mask: Any, out: Any) -> Any:
     _require_cuda()
     xa, ma = _cuda_view(x, "x"), _cuda_view(mask, "mask")
     channels = _check_fft_shapes(xa.shape, ma.shape)
-    stream, out = _stream_and_out(x, xa.stream, out, xa.shape, "fft_filter")
-    oa = _cuda_view(out, "out")
-    if oa.shape != xa.shape:
-        raise ValueError(f"out must have the shape of x {xa.shape}, got {oa.shape}")
-    _refuse_overlap(oa, {"x": xa, "mask": ma})
-    _same_device({"x": xa.pointer, "mask": ma.pointer, "out": oa.pointer})
+    stream, out, oa = _cuda_output(x, out, {"x": xa, "mask": ma}, "fft_filter")
     b, c, h, w = xa.shape
     _kernels.fft_filter_cuda(xa.pointer, ma.pointer, oa.pointer, b * c, channels, h, w, stream)
     return out
@@ -257,12 +267,7 @@ def _cross_attention_cuda(q: Any, k: Any, v: Any, scale: float | None, out: Any)
     _require_cuda()
     qa, ka, va = _cuda_view(q, "q"), _cuda_view(k, "k"), _cuda_view(v, "v")
     _check_attention_shapes(qa.shape, ka.shape, va.shape)
-    stream, out = _stream_and_out(q, qa.stream, out, qa.shape, "cross_attention")
-    oa = _cuda_view(out, "out")
-    if oa.shape != qa.shape:
-        raise ValueError(f"out must have the shape of q {qa.shape}, got {oa.shape}")
-    _refuse_overlap(oa, {"q": qa, "k": ka, "v": va})
-    _same_device({"q": qa.pointer, "k": ka.pointer, "v": va.pointer, "out": oa.pointer})
+    stream, out, oa = _cuda_output(q, out, {"q": qa, "k": ka, "v": va}, "cross_attention")
     b, h, lq, d = qa.shape
     _kernels.cross_attention_cuda(qa.pointer, ka.pointer, va.pointer, oa.pointer, b * h, lq, ka.shape[2], d,
                                   _scale(scale, d), stream)
