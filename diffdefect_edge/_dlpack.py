@@ -12,8 +12,8 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any
 
-# DLDeviceType values (dlpack.h)
-DEVICE_CPU, DEVICE_CUDA, DEVICE_CUDA_HOST, DEVICE_CUDA_MANAGED = 1, 2, 3, 13
+# DLDeviceType values (dlpack.h); kDLCUDAHost (3, pinned host memory) is not a device type for the kernels
+DEVICE_CPU, DEVICE_CUDA, DEVICE_CUDA_MANAGED = 1, 2, 13
 CUDA_DEVICE_TYPES = (DEVICE_CUDA, DEVICE_CUDA_MANAGED)
 DTYPE_FLOAT = 2  # DLDataTypeCode kDLFloat
 # the __dlpack__(stream=...) value that asks a CUDA producer to make its data ready for the legacy default stream
