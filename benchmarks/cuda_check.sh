@@ -5,7 +5,7 @@
 set -euo pipefail
 PY="${PYTHON:-python3}"  # on the GPU machines python3 is the interpreter that has torch
 cd "$(dirname "$0")/.."
-export DDE_CUDA=ON DDE_CUDA_ARCHITECTURES="${DDE_CUDA_ARCHITECTURES:-90}"
+export DDE_BUILD_TESTING=ON DDE_CUDA=ON DDE_CUDA_ARCHITECTURES="${DDE_CUDA_ARCHITECTURES:-90}"
 # --no-deps: the GPU machine may have no network; the kernels need only numpy (and torch for the tests)
 "$PY" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 "$PY" -c "from diffdefect_edge.kernels import build_info; import json; print(json.dumps(build_info(), indent=1))"

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.repository import RepositoryWriter  # noqa: E402
+from training.repository.store import RepositoryWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ROW = (144, 20, 20)
@@ -31,7 +31,7 @@ EPOCH = textwrap.dedent("""
     import numpy as np, torch
     sys.path.insert(0, {repo!r})
     from torch.utils.data import DataLoader, Dataset
-    from training.repository import FeatureRepository
+    from training.repository.store import FeatureRepository
 
     class Rows(Dataset):
         def __init__(self, repo):

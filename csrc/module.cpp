@@ -11,7 +11,6 @@
 
 #include "build_info.h"
 #include "fft_plan.h"
-#include "gpu_emulation.h"
 #include "kernels_api.h"
 #include "nms.h"
 #include "py_checks.h"
@@ -150,7 +149,6 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("max_candidates"), py::arg("max_det"),
         "One image's raw output (anchors, 4 + classes) float32 -> (boxes (N, 4), scores (N,), class_ids (N,)): "
         "probabilities > conf, at most max_candidates, class-aware NMS, at most max_det, highest score first.");
-  dde::register_gpu_emulation(m);
 #ifdef DDE_WITH_CUDA
   m.def("cuda_pointer_device",
         [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });

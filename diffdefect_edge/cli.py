@@ -27,17 +27,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     except PackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    meta = pkg.metadata
+    meta = pkg.meta
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print(json.dumps(meta.raw, indent=2))
         return 0
-    model = meta["model"]
-    print(f"package   {pkg.path}  (format version {meta['format_version']}, all {len(meta['files'])} checksums OK)")
-    print(f"model     {model['name']} size {model['size']}, {model['parameters'] / 1e6:.2f} M parameters, "
-          f"{model['gflops']:.2f} GFLOPs, task {meta['task']}")
-    print(f"input     {pkg.input_size}x{pkg.input_size}, letterbox pad {meta['input']['letterbox']['pad_value']}")
+    model = meta.model
+    print(f"package   {pkg.path}  (format version {meta.format_version}, all {len(meta.files)} checksums OK)")
+    print(f"model     {model.name} size {model.size}, {model.parameters / 1e6:.2f} M parameters, "
+          f"{model.gflops:.2f} GFLOPs, task {meta.task}")
+    print(f"input     {pkg.input_size}x{pkg.input_size}, letterbox pad {meta.input.letterbox.pad_value}")
     print(f"classes   {', '.join(pkg.class_names)}")
-    print(f"defaults  conf {meta['defaults']['conf']}, iou {meta['defaults']['iou']}")
+    print(f"defaults  conf {meta.defaults.conf}, iou {meta.defaults.iou}")
     for m in pkg.models:
         print(f"  {m.backend:9s} {m.precision:5s} {m.path.relative_to(pkg.path)}  runtime steps: {', '.join(m.runtime_steps)}")
     return 0

@@ -25,9 +25,8 @@ from diffdefect_edge.preprocess import CanvasWriter, Letterbox, letterbox, to_bg
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODES = ("latency", "throughput")
-# frames per request in throughput mode. Measured on 2 cores (quickstart model at 160 px, 64 frames, four
-# requests in flight): 1.48x the frames per second of latency mode with batch 4 vs 1.35x with batch 1 (FP32),
-# 1.91x vs 1.57x (INT8)
+# frames per request in throughput mode: a batch amortises the per-request overhead, which throughput mode is
+# for (the measured gain against batch 1 is in docs/benchmarks.md)
 THROUGHPUT_BATCH = 4
 
 
@@ -54,14 +53,14 @@ class Detector:
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
-        defaults = self.package.defaults
-        self.conf = _check_threshold("conf", conf) if conf is not None else float(defaults["conf"])
-        self.iou = _check_threshold("iou", iou) if iou is not None else float(defaults["iou"])
-        self.max_det = int(max_det if max_det is not None else defaults.get("max_det", 300))
+        defaults = self.package.meta.defaults
+        self.conf = _check_threshold("conf", conf) if conf is not None else defaults.conf
+        self.iou = _check_threshold("iou", iou) if iou is not None else defaults.iou
+        self.max_det = int(max_det if max_det is not None else defaults.max_det)
         self.mode, self.precision = mode, precision
         self.names = tuple(self.package.class_names)
         self.input_size = self.package.input_size
-        self.pad_value = int(self.package.metadata["input"]["letterbox"]["pad_value"])
+        self.pad_value = self.package.meta.input.letterbox.pad_value
         self.backend: Backend = create_backend(self.package, backend, device, precision, num_threads, mode)
         self._local = threading.local()  # per-thread canvas reused by __call__
 

@@ -7,6 +7,7 @@ temporary sibling directory and renames it into place, so a reader never sees ha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from diffdefect_edge.metadata import MetadataError, ModelInput, PackageMetadata, parse_metadata
 
 PACKAGE_FORMAT = "diffdefect-edge-package"
 FORMAT_VERSION = 1
@@ -44,35 +47,44 @@ class ModelFile:
     backend: str  # "openvino", "onnx" or "torch"
     precision: str  # "fp32", "fp16" or "int8"
     path: Path
-    input: dict[str, Any]  # dtype, layout, color order the file takes
+    spec: ModelInput  # dtype, layout, color order the file takes
     runtime_steps: tuple[str, ...]  # what the runtime must do before feeding it
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.spec)
 
 
 @dataclass(frozen=True)
 class ModelPackage:
     path: Path
-    metadata: dict[str, Any]
+    meta: PackageMetadata  # the typed view every reader uses
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """metadata.json as written (for display and provenance)."""
+        return self.meta.raw
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.metadata["class_names"])
+        return list(self.meta.class_names)
 
     @property
     def input_size(self) -> int:
-        return int(self.metadata["input"]["size"][0])
+        return self.meta.input.size[0]
 
     @property
     def task(self) -> str:
-        return str(self.metadata["task"])
+        return self.meta.task
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return dict(self.metadata["defaults"])
+        return dataclasses.asdict(self.meta.defaults)
 
     @property
     def models(self) -> list[ModelFile]:
-        return [ModelFile(m["backend"], m["precision"], self.path / m["file"], dict(m["input"]),
-                          tuple(m["runtime_steps"])) for m in self.metadata["models"]]
+        return [ModelFile(m.backend, m.precision, self.path / m.file, m.input, m.runtime_steps)
+                for m in self.meta.models]
 
     def model_file(self, backend: str, precision: str) -> ModelFile:
         for m in self.models:
@@ -106,9 +118,13 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
     missing = [k for k in _REQUIRED_KEYS if k not in meta]
     if missing:
         raise PackageError(meta_path, f"metadata lacks {missing}")
-    listed = meta["files"]
-    for m in meta["models"]:
-        for rel in [m["file"], *m.get("extra_files", [])]:
+    try:
+        typed = parse_metadata(meta)
+    except MetadataError as exc:
+        raise PackageError(meta_path, f"metadata field {exc}") from None
+    listed = typed.files
+    for m in typed.models:
+        for rel in [m.file, *m.extra_files]:
             if rel not in listed:
                 raise PackageError(meta_path, f"model file {rel} is not listed with a checksum")
     if verify:
@@ -117,11 +133,11 @@ def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
             if not file.is_file():
                 raise PackageError(file, "listed in the package but missing")
             size = file.stat().st_size
-            if size != info["bytes"]:
-                raise PackageError(file, f"is {size} bytes, the package says {info['bytes']} (truncated or replaced)")
-            if sha256_file(file) != info["sha256"]:
+            if size != info.bytes:
+                raise PackageError(file, f"is {size} bytes, the package says {info.bytes} (truncated or replaced)")
+            if sha256_file(file) != info.sha256:
                 raise PackageError(file, "sha256 does not match the package metadata (corrupt or tampered)")
-    return ModelPackage(path, meta)
+    return ModelPackage(path, typed)
 
 
 def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[str, Any],

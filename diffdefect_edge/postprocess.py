@@ -3,6 +3,9 @@
 Every exported model returns ``detections`` of shape (N, A, 4 + C): for each of the A anchor points of the
 stride-8/16/32 grids, a box xyxy in canvas pixels and C per-class probabilities (already sigmoid). Optional
 ``segmentation`` logits (N, C + 1, S/8, S/8) have class 0 = background.
+
+Public API (docs/sdk.md): :func:`decode_detections`, and the box tools :func:`box_iou`, :func:`nms` and
+:func:`batched_nms` for users merging detections of their own (tiles, several cameras).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from diffdefect_edge import _kernels
+
+__all__ = ["batched_nms", "box_iou", "decode_detections", "nms"]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -33,8 +38,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Class-aware NMS: as :func:`nms`, but boxes of different classes never suppress each other.
 
-    Runs in the compiled extension (csrc/nms.cpp): at mAP thresholds (conf 0.001, up to 3,000 candidates) the
-    numpy loop it replaces took 0.2 s per image on the quickstart model, about 30x the inference.
+    Runs in the compiled extension (csrc/nms.cpp): at mAP thresholds (conf 0.001, thousands of candidates) a
+    numpy loop costs many times the inference (docs/perf/).
     """
     boxes = np.ascontiguousarray(boxes, np.float32)
     scores = np.ascontiguousarray(scores, np.float32)
@@ -54,8 +59,8 @@ def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: 
 
     Multi-label: an anchor may yield one box per class whose probability exceeds ``conf``. Beyond
     ``max_candidates`` only the highest-scoring (anchor, class) pairs go to NMS; at most ``max_det`` are kept.
-    One call into the compiled extension (csrc/nms.cpp): right after an inference, the whole postprocessing of
-    a frame with no defect (the usual one on a line) then takes about 50 us here, against about 120 us with numpy.
+    One call into the compiled extension (csrc/nms.cpp), so that the postprocessing of the usual frame on a
+    line (no defect) stays far below the inference (docs/benchmarks.md).
     """
     raw = np.asarray(raw)
     if raw.ndim != 2 or raw.shape[1] < 5:

@@ -135,8 +135,8 @@ def to_bgr(frame: object, color: str = "bgr", name: str = "frame") -> np.ndarray
 def normalize_nchw(canvases: np.ndarray, mean: list[float], std: list[float], rgb: bool = True) -> np.ndarray:
     """(N, S, S, 3) BGR uint8 canvases -> (N, 3, S, S) float32 the model takes: RGB, ``(x - mean) / std``.
 
-    One OpenCV pass (``cv2.dnn.blobFromImages``: channel swap, mean, scale, HWC->CHW), about 10x faster than
-    the numpy chain; a per-channel std is applied afterwards.
+    One OpenCV pass (``cv2.dnn.blobFromImages``: channel swap, mean, scale, HWC->CHW) instead of a chain of numpy
+    passes over the frame; a per-channel std is applied afterwards.
     """
     n, h, w = canvases.shape[:3]
     if n == 0:

@@ -16,6 +16,12 @@ if str(REPO) not in sys.path:  # training/ runs from the checkout
 # the CUDA kernels compiled in (their argument checks run without a GPU) / a GPU that ran the self-test kernel
 needs_cuda_build = pytest.mark.skipif(not hasattr(_kernels, "fft_filter_cuda"), reason="built without CUDA")
 needs_cuda = pytest.mark.skipif(not kernels.cuda_available(), reason="no usable CUDA device")
+try:  # the test-only module (make setup builds it with DDE_BUILD_TESTING=ON; wheels never hold it)
+    import _dde_gpu_emulation as gpu_emulation
+except ImportError:
+    gpu_emulation = None
+needs_gpu_emulation = pytest.mark.skipif(gpu_emulation is None, reason="_dde_gpu_emulation not built "
+                                         "(install with DDE_BUILD_TESTING=ON)")
 
 
 def write_gray_jpeg_3ch(path: Path, width: int = 200, height: int = 200, seed: int = 0) -> Path:

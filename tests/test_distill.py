@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.ablate import ABLATIONS, link_unchanged_stages, variant_config
-from training.checkpoint import load_detector
 from training.config import load_config
-from training.distill import feature_distillation, foreground_weights, response_distillation
-from training.models import DetectorOutput
+from training.detector import DetectorOutput
+from training.detector.checkpoint import load_detector
+from training.distill.losses import feature_distillation, foreground_weights, response_distillation
+from training.evaluation.ablation import ABLATIONS, link_unchanged_stages, variant_config
 from training.pipeline import RunContext
 
 

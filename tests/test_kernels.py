@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, needs_cuda, needs_cuda_build
+from conftest import REPO, gpu_emulation, needs_cuda, needs_cuda_build, needs_gpu_emulation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -310,6 +310,7 @@ def test_every_isa_variant_agrees():
 
 # ---------------------------------------------------------------------------------------------- CUDA
 
+@needs_gpu_emulation
 @pytest.mark.parametrize("shape", [(2, 3, 77, 45, 16), (1, 2, 130, 200, 32), (2, 1, 65, 63, 33), (1, 1, 64, 64, 128),
                                    (1, 1, 1, 1, 1), (1, 2, 5, 130, 7)])
 def test_cuda_cross_attention_algorithm_on_the_host_matches_reference(shape):
@@ -318,21 +319,23 @@ def test_cuda_cross_attention_algorithm_on_the_host_matches_reference(shape):
     b, h, lq, lk, d = shape
     q, k, v = (RNG.standard_normal(s).astype(np.float32) for s in ((b, h, lq, d), (b, h, lk, d), (b, h, lk, d)))
     for reverse in (False, True):
-        out = _kernels._cross_attention_gpu_steps(q, k, v, 1 / np.sqrt(d), reverse)
+        out = gpu_emulation.cross_attention_gpu_steps(q, k, v, 1 / np.sqrt(d), reverse)
         assert attention_err(out, q, k, v, 1 / np.sqrt(d)) < ATTENTION_REL_TOL, reverse
 
 
+@needs_gpu_emulation
 def test_cuda_cross_attention_algorithm_on_the_host_is_stable_for_huge_logits():
     """As test_cross_attention_is_stable_for_huge_logits, for the CUDA kernel's phases run on the host."""
     rng = np.random.default_rng(7)
     q = rng.integers(-3, 4, (1, 2, 40, 32)).astype(np.float32)
     k = rng.integers(-3, 4, (1, 2, 150, 32)).astype(np.float32)
     v = rng.standard_normal((1, 2, 150, 32)).astype(np.float32)
-    out = _kernels._cross_attention_gpu_steps(q, k, v, 100.0)
+    out = gpu_emulation.cross_attention_gpu_steps(q, k, v, 100.0)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, attention_reference(q, k, v, 100.0), atol=1e-5)
 
 
+@needs_gpu_emulation
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 37, 41), (1, 2, 80, 80), (2, 1, 20, 25),
                                    (1, 1, 9, 1), (1, 1, 1, 8), (1, 1, 97, 50), (1, 1, 200, 200)])
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -343,7 +346,7 @@ def test_cuda_fft_filter_algorithm_on_the_host_matches_reference(shape, per_chan
     x, mask = _fft_case(shape, per_channel)
     ref = fft_reference(x, mask)
     for block_threads, reverse in ((256, False), (7, True), (1, False)):
-        y = _kernels._fft_filter_gpu_steps(x, mask, block_threads, reverse)
+        y = gpu_emulation.fft_filter_gpu_steps(x, mask, block_threads, reverse)
         assert y.shape == x.shape and y.dtype == np.float32
         assert rel_err(y, ref) < 1e-5, (block_threads, reverse)
 

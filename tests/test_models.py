@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from training.models import DefectDetector, DetectorSpec, count_parameters, make_anchors
-from training.models.assigner import TaskAlignedAssigner
-from training.models.boxes import aligned_iou, pairwise_iou
-from training.models.loss import DetectionLoss
+from training.detector import DefectDetector, DetectorSpec, count_parameters, make_anchors
+from training.detector.assigner import TaskAlignedAssigner
+from training.detector.boxes import aligned_iou, pairwise_iou
+from training.detector.loss import DetectionLoss
 
 
 def test_sizes_have_the_documented_parameter_counts():

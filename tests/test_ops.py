@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from diffdefect_edge import kernels  # noqa: E402
-from training.ops import cross_attention, cross_attention_reference, fft_filter, fft_filter_reference  # noqa: E402
+from training.teacher.ops import cross_attention, cross_attention_reference, fft_filter, fft_filter_reference  # noqa: E402
 
 # the float32 ops run the compiled kernels: on CPU tensors, and on CUDA tensors where a GPU and the CUDA build are
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.repository import FeatureRepository, RepositoryError, RepositoryWriter, open_if_built
+from training.repository.store import FeatureRepository, RepositoryError, RepositoryWriter, open_if_built
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ BUILD_SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    from training.repository import RepositoryWriter
+    from training.repository.store import RepositoryWriter
     ids = [f"img_{{i:03d}}" for i in range(40)]
     w = RepositoryWriter({root!r}, ids, {{"features": ((3, 4, 4), "float16"), "extra": ((2,), "float32")}}, "new")
     for start in w.remaining[::4]:

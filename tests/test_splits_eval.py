@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.data import Dataset, Record, split_dataset
-from training.eval import Prediction, evaluate_detections, save_pr_curves
+from training.evaluation import Prediction, evaluate_detections, save_pr_curves
 
 
 def _dataset(n: int = 60) -> Dataset:

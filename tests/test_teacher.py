@@ -12,13 +12,15 @@ import torch
 from training.config import ConfigError, config_from_dict
 from training.data.augment import AugmentConfig
 from training.data.torch_dataset import DetectionDataset
-from training.ddpm import NoiseSchedule, load_ddpm, sample
-from training.features import FeatureExtractor, image_noise
-from training.models import DetectorSpec
-from training.models.fusion import DynamicCrossAttention, FFTFilter, Fusion, gaussian_lowpass
-from training.models.unet import UNet, UNetSpec
-from training.repository import FeatureRepository
-from training.teacher import TeacherDetector, TeacherTrainer, load_teacher, warp_features
+from training.detector import DetectorSpec
+from training.diffusion.ddpm import NoiseSchedule, load_ddpm, sample
+from training.diffusion.features import FeatureExtractor, image_noise
+from training.diffusion.unet import UNet, UNetSpec
+from training.repository.store import FeatureRepository
+from training.teacher.feature_source import warp_features
+from training.teacher.fusion import DynamicCrossAttention, FFTFilter, Fusion, gaussian_lowpass
+from training.teacher.model import TeacherDetector, load_teacher
+from training.teacher.trainer import TeacherTrainer
 
 
 def test_noise_schedule_marginals():
@@ -174,10 +176,10 @@ def test_teacher_overfits_eight_training_images(tmp_path: Path):
     The 8 images are picked so that every defect spans at least 12 canvas pixels a side (a stride-8 detector
     at 128 px cannot be expected to memorise a 3-pixel inclusion in 100 steps)."""
     from training.data import SynthConfig, load_dataset, write_synthetic_dataset
-    from training.ddpm import train_ddpm
-    from training.features import build_feature_repository
-    from training.latents import encode_repository, save_resvae, train_resvae
-    from training.teacher import FeatureSource
+    from training.diffusion.ddpm import train_ddpm
+    from training.diffusion.features import build_feature_repository
+    from training.repository.latents import encode_repository, save_resvae, train_resvae
+    from training.teacher.feature_source import FeatureSource
 
     root = write_synthetic_dataset(tmp_path / "data", SynthConfig(num_images=40, size=128, seed=1, contrast=(0.9, 1.0),
                                                                    max_defects=1, background_fraction=0.0))

@@ -19,12 +19,14 @@ import torch
 
 from diffdefect_edge import Detector, load_package
 from diffdefect_edge.postprocess import box_iou
-from training.checkpoint import CheckpointError, load_detector, read_meta
 from training.cli import main
 from training.config import load_config
 from training.data import load_dataset, split_dataset
-from training.eval.torch_predict import predict_records
-from training.train import RunExistsError, Trainer
+from training.detector.checkpoint import load_detector
+from training.detector.trainer import Trainer
+from training.engine.checkpoint import CheckpointError, read_meta
+from training.engine.resume import RunExistsError
+from training.evaluation.torch_predict import predict_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -52,7 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from training.ablate import run_ablations
+    from training.evaluation.ablation import run_ablations
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
@@ -65,8 +65,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.data import split_dataset
-    from training.distributed import barrier, cleanup, init_distributed
-    from training.train import Trainer
+    from training.detector.trainer import Trainer
+    from training.engine.distributed import barrier, cleanup, init_distributed
 
     config = load_config(args.config, args.set)
     if args.epochs is not None:
@@ -99,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_package
+    from training.export.package import export_package
 
     pkg = export_package(args.run, args.out, int8=args.int8, fp16=args.fp16, weights=args.weights,
                          calibration_images=args.calibration_images, calib_data=args.calib_data,
@@ -109,7 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_package
+    from training.evaluation.package_eval import evaluate_package
 
     backends = tuple(args.backends.split(","))
     summary = evaluate_package(args.package, args.data, args.out, split_file=args.split, subset=args.subset,

@@ -33,13 +33,12 @@ class Backend(ABC):
                  mode: str) -> None:
         self.package, self.model_file, self.device = package, model_file, device
         self.num_threads, self.mode = num_threads, mode
-        meta_in = package.metadata["input"]
-        self._mean, self._std = list(meta_in["mean"]), list(meta_in["std"])
+        self._mean, self._std = list(package.meta.input.mean), list(package.meta.input.std)
         self._executor: ThreadPoolExecutor | None = None
 
     def model_input(self, canvases: np.ndarray) -> np.ndarray:
         """Canvases -> the tensor this backend's file takes (uint8 NHWC as is, or normalised float NCHW)."""
-        if self.model_file.input.get("dtype") == "uint8":
+        if self.model_file.spec.dtype == "uint8":
             return canvases
         return normalize_nchw(canvases, self._mean, self._std)
 

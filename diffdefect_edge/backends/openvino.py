@@ -88,7 +88,7 @@ class _Graph:
 
 class OpenVINOBackend(Backend):
     """Each batch size gets its own compiled graph with static shapes (the IR's batch is dynamic): static shapes
-    ran 8-11% faster on 2 cores (measured), and a camera loop uses one batch size."""
+    let OpenVINO plan every buffer ahead (docs/perf/), and a camera loop uses one batch size."""
 
     name = "openvino"
     GRAPHS = 4  # compiled batch sizes kept; the least recently used is dropped
@@ -117,7 +117,7 @@ class OpenVINOBackend(Backend):
 
     def _requests_in_flight(self, compiled: ov.CompiledModel) -> int:
         """Twice OpenVINO's optimum in throughput mode, so that a queued request is ready whenever a stream frees
-        up while Python decodes (measured here, 2 cores: 4 requests stream 1.4x faster than 2)."""
+        up while Python decodes (docs/perf/ has the comparison)."""
         optimum = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return 2 * optimum if self.mode == "throughput" else optimum
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset as TorchDataset
 from diffdefect_edge.preprocess import letterbox
 from training.data.augment import AugmentConfig, augment_with_matrix
 from training.data.records import DatasetError, Record
-from training.models.loss import SEG_IGNORE
+from training.detector.loss import SEG_IGNORE
 
 
 def read_image(path: str) -> np.ndarray:

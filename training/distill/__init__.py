@@ -1,0 +1,1 @@
+"""Stage ``distill``: the student trained from the frozen teacher."""

@@ -1,0 +1,1 @@
+"""What every training stage shares: the loop, schedules, EMA, checkpoints, resume, threads, torchrun."""

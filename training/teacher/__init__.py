@@ -1,0 +1,1 @@
+"""Stage ``teacher``: the detector fused with DDPM features (FFT filter + dynamic cross-attention)."""

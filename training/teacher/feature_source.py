@@ -1,0 +1,83 @@
+"""What the teacher reads per image: its DDPM features, looked up by image id and moved with the image.
+
+Latents are decoded by the frozen ResVAE into standardised stride-8 feature maps (or, when ``resvae.enabled`` is
+false, raw features are standardised with the training statistics), then moved by the same geometric
+augmentation as the image (:func:`warp_features`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.data.records import Dataset
+from training.evaluation.torch_predict import ForwardFn
+from training.repository.latents import load_resvae
+from training.repository.store import FeatureRepository
+
+
+class FeatureSource:
+    """Image ids -> standardised DDPM feature maps (B, C, g, g): latents through the frozen ResVAE decoder, or
+    raw features standardised with the training statistics."""
+
+    def __init__(self, repo: FeatureRepository, resvae_weights: str | Path) -> None:
+        self.repo = repo
+        self.resvae = load_resvae(resvae_weights)
+        for p in self.resvae.parameters():
+            p.requires_grad_(False)
+        self.array = "latents" if "latents" in repo.names else "features"
+        if self.array == "features":
+            self.channels = repo.shape("features")[0]
+        else:
+            self.channels = self.resvae.spec.in_channels
+        if self.resvae.spec.in_channels != self.channels:
+            raise ValueError(f"{repo.root}: {self.channels} feature channels, the ResVAE expects "
+                             f"{self.resvae.spec.in_channels}")
+        self.grid = int(repo.meta["grid"])
+
+    @torch.no_grad()
+    def __call__(self, image_ids: list[str], device: torch.device | None = None) -> torch.Tensor:
+        rows = torch.from_numpy(self.repo.get(self.array, image_ids)).float()
+        feats = self.resvae.decode(rows) if self.array == "latents" else self.resvae.standardize(rows)
+        return feats.to(device) if device is not None else feats
+
+
+def warp_features(feats: torch.Tensor, affine: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """Move feature maps covering the canvas by ``affine`` (B, 2, 3), the canvas-pixel map from the original to
+    the augmented canvas (as applied to the image); outside the original canvas is zero (the mean feature)."""
+    b = feats.shape[0]
+    full = torch.zeros(b, 3, 3, dtype=torch.float64, device=feats.device)
+    full[:, :2] = affine.to(torch.float64)
+    full[:, 2, 2] = 1.0
+    if torch.allclose(full, torch.eye(3, dtype=torch.float64, device=feats.device).expand(b, 3, 3)):
+        return feats
+    to_norm = torch.tensor([[2.0 / canvas_size, 0, -1], [0, 2.0 / canvas_size, -1], [0, 0, 1]], dtype=torch.float64,
+                           device=feats.device)
+    theta = to_norm @ torch.linalg.inv(full) @ torch.linalg.inv(to_norm)  # output (augmented) -> input (original)
+    grid = F.affine_grid(theta[:, :2].to(feats.dtype), list(feats.shape), align_corners=False)
+    return F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class FeatureLookupMixin:
+    """Shared by the teacher and distillation trainers: each item's augmentation matrix, and the feature lookup."""
+
+    source: FeatureSource
+    train_set: Dataset
+    val_set: Dataset
+    input_size: int
+
+    def dataset_options(self) -> dict[str, Any]:
+        return {"with_affine": True}
+
+    def batch_features(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        ids = [self.train_set.records[int(i)].image_id for i in batch["index"]]
+        feats = self.source(ids, device)
+        return warp_features(feats, batch["affine"], self.input_size) if "affine" in batch else feats
+
+
+def with_features(source: FeatureSource) -> ForwardFn:
+    """``predict_records(forward=...)`` for a teacher: each batch's DDPM features looked up by image id."""
+    return lambda model, x, records: model(x, source([r.image_id for r in records], x.device))
