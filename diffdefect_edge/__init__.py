@@ -6,7 +6,7 @@ when created).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from diffdefect_edge.detections import Detections
 from diffdefect_edge.detector import Detector

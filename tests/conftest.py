@@ -140,3 +140,15 @@ def tiny_pipeline_run(tmp_path_factory, tiny_pipeline_config: Path) -> tuple[Pat
 
     run = tmp_path_factory.mktemp("pipeline") / "run"
     return run, run_pipeline(load_config(tiny_pipeline_config), run)
+
+
+# Tests that train or export a model (directly or through these fixtures) are the end-to-end ones: marked
+# ``slow`` here, in one place, so that ``pytest -m "not slow"`` (make test-fast) is the quick subset.
+TRAINED_FIXTURES = {"tiny_run", "tiny_package", "tiny_pipeline_run", "package"}
+SLOW_MODULES = {"test_pipeline.py", "test_distill.py"}  # each test there runs pipeline stages itself
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -281,7 +281,6 @@ def test_non_finite_scale_is_refused():
 
 def test_compiled_module_checks_too():
     """The extension itself refuses bad arrays (no crash) even when called directly."""
-    from diffdefect_edge import _kernels
 
     with pytest.raises(ValueError, match="C-contiguous"):
         _kernels.fft_filter(np.zeros((1, 2, 8, 16), np.float32)[..., ::2], M2, 0)

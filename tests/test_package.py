@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from diffdefect_edge.package import FORMAT_VERSION, PackageError, load_package, write_package
 
-META = {"task": "detect", "class_names": ["a", "b"], "input": {"size": [64, 64]}, "output": {},
-        "defaults": {"conf": 0.25, "iou": 0.5}, "models": [{"backend": "onnx", "precision": "fp32",
-                                                             "file": "model.onnx", "input": {}, "runtime_steps": []}]}
+# what an export writes, for a two-class 64 px model with one ONNX file
+META = {"task": "detect", "class_names": ["a", "b"],
+        "model": {"name": "t", "architecture": "DefectDetector", "size": "n", "parameters": 10, "gflops": 0.1},
+        "input": {"size": [64, 64], "color_order": "RGB", "layout": "NCHW", "mean": [0.0, 0.0, 0.0],
+                  "std": [255.0, 255.0, 255.0], "letterbox": {"pad_value": 114, "interpolation": "bilinear"}},
+        "output": {}, "defaults": {"conf": 0.25, "iou": 0.5},
+        "models": [{"backend": "onnx", "precision": "fp32", "file": "model.onnx",
+                    "input": {"dtype": "uint8", "layout": "NHWC", "color_order": "BGR", "normalized": False},
+                    "runtime_steps": ["letterbox"]}]}
 
 
 @pytest.fixture
@@ -72,3 +79,21 @@ def test_unknown_format_version_is_refused(package: Path):
 def test_missing_directory_is_refused(tmp_path: Path):
     with pytest.raises(PackageError, match="no such package"):
         load_package(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (("input", "letterbox", "pad_value"), "114", "input.letterbox.pad_value"),
+    (("defaults", "conf"), True, "defaults.conf"),
+    (("models", 0, "runtime_steps"), "letterbox", "models[0].runtime_steps"),
+    (("class_names",), [1, 2], "class_names[0]"),
+    (("input", "size"), [64], "input.size"),
+])
+def test_a_wrongly_typed_field_is_named(package: Path, path, value, field):
+    meta = json.loads((package / "metadata.json").read_text())
+    target = meta
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    (package / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match=re.escape(field)):
+        load_package(package)

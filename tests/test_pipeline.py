@@ -126,3 +126,41 @@ def test_force_reruns_a_training_stage_from_scratch(tiny_pipeline_run, tiny_pipe
     assert not res["baseline"].get("skipped") and not stale.exists()
     assert "resuming" not in caplog.text and "training.detector.trainer" in caplog.text  # it trained (epochs were logged)
     assert (run / "baseline" / "metrics.csv").read_text().count("\n") == metrics_before.count("\n")
+
+
+def test_rerunning_a_stage_reruns_what_depends_on_it(tiny_pipeline_run, tiny_pipeline_config: Path, tmp_path: Path):
+    """After ddpm is forced, features notices the new DDPM and runs; run again, it is skipped. A stage whose
+    inputs changed is cleared first, never resumed from the stale outputs."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_pipeline_run[0], run)  # copies modification times too: the copy is "done" as it was
+    config = load_config(tiny_pipeline_config)
+    assert run_pipeline(config, run, stages=["features"])["features"]["skipped"]
+    stale = run / "features" / "left_over.txt"
+    stale.write_text("made from the old DDPM")
+    run_pipeline(config, run, stages=["ddpm"], force=True)
+    res = run_pipeline(config, run, stages=["features"])
+    assert not res["features"].get("skipped") and not stale.exists()
+    assert run_pipeline(config, run, stages=["features"])["features"]["skipped"]
+    # resvae read the old features: it is stale now, and so is everything after it
+    later = run_pipeline(config, run, stages=["resvae", "baseline"])
+    assert not later["resvae"].get("skipped") and later["baseline"]["skipped"]  # the baseline reads no DDPM
+
+
+def test_an_interrupted_stage_keeps_its_work_and_a_changed_one_is_cleared(tmp_path: Path):
+    from training.pipeline import STAGES, RunContext, stage_key
+
+    run = tmp_path / "run"
+    run_pipeline(_tiny(), run, stages=["data"])
+    ddpm = next(s for s in STAGES if s.name == "ddpm")
+    key = stage_key(RunContext(_tiny(), run), ddpm)
+    (run / "ddpm").mkdir()
+    (run / "ddpm" / ".running").write_text(key)  # as a killed ddpm stage leaves it
+    (run / "ddpm" / "state.pt").write_text("partial work")
+    from training.pipeline.runner import _prepare
+
+    _prepare(RunContext(_tiny(), run), ddpm, key, force=False)
+    assert (run / "ddpm" / "state.pt").is_file()  # same inputs: kept, the stage resumes from it
+    _prepare(RunContext(_tiny(), run), ddpm, "another key", force=False)
+    assert not (run / "ddpm" / "state.pt").exists()  # other inputs: cleared

@@ -161,12 +161,30 @@ def test_detector_matches_the_training_side_prediction(tiny_run: Path, tiny_pack
                 assert box_iou(boxes, dets.xyxy).max(1).min() >= 0.99
 
 
+# How far the reduced-precision models' raw outputs may sit from FP32's on the same canvases: the 99th percentile
+# of the per-class probability differences (absolute; INT8 moves a few anchors by up to 0.3), and the median box
+# difference in canvas pixels over the anchors FP32 scores above 0.05. Measured on the tiny model: FP16 0.0014 and
+# 0.03 px, INT8 0.032 and 0.64 px; the bounds leave about 3x of room.
+PRECISION_TOLERANCE = {"fp16": {"prob": 0.005, "box_px": 0.1}, "int8": {"prob": 0.1, "box_px": 2.0}}
+
+
 def test_int8_and_fp16_models_run_and_stay_close(tiny_package: Path, tiny_dataset: Path):
-    frame = _images(tiny_dataset, 1)[0]
-    for precision in ("fp16", "int8"):
+    frames = _images(tiny_dataset, 4)
+    with Detector(tiny_package, precision="fp32") as ref_det:
+        canvases = np.stack([ref_det.prepare(f)[0] for f in frames])
+        ref, _ = ref_det.backend.infer(canvases)
+    confident = ref[..., 4:].max(-1) > 0.05
+    assert confident.any()
+    for precision, tol in PRECISION_TOLERANCE.items():
         with Detector(tiny_package, precision=precision, conf=0.02) as det:
-            dets = det(frame)
+            out, _ = det.backend.infer(canvases)
+            dets = det(frames[0])
         assert dets.xyxy.dtype == np.float32 and len(dets.scores) == len(dets)
+        assert out.shape == ref.shape
+        prob_err = float(np.quantile(np.abs(out[..., 4:] - ref[..., 4:]), 0.99))
+        box_err = float(np.median(np.abs(out[..., :4] - ref[..., :4])[confident]))
+        assert prob_err <= tol["prob"], (precision, prob_err)
+        assert box_err <= tol["box_px"], (precision, box_err)
 
 
 def test_eval_command_writes_metrics_and_report(tiny_package: Path, tiny_dataset: Path, tiny_run: Path,

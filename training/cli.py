@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from diffdefect_edge.threads import set_command_line_threads
 from training.config import ConfigError, load_config
 from training.data import FORMATS, DatasetError, SynthConfig, load_dataset, write_synthetic_dataset
 from training.pipeline import STAGE_NAMES, run_pipeline, write_configured_synthetic
@@ -127,6 +128,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config values, e.g. --set "
                    "train.epochs=15 ddpm.epochs=8 (YAML values; the run directory records the result)")
     p.add_argument("--data", help="dataset folder (overrides the config's data.source)")
+    _add_threads_argument(p)
+
+
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help="compute threads for this process (default: train.num_threads, "
+                   "else OMP_NUM_THREADS, else the usable cores / processes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=200)
     p.add_argument("--calib-data", help="dataset folder for INT8 calibration (default: the run's training data)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out package")
+    _add_threads_argument(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="evaluate a model package on a dataset: metrics.json + report.md")
@@ -195,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="val")
     p.add_argument("--backends", default="openvino,onnxruntime", help="comma-separated backends to evaluate")
     p.add_argument("--latency-runs", type=int, default=50)
+    _add_threads_argument(p)
     p.set_defaults(func=_cmd_eval)
     return parser
 
@@ -204,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        set_command_line_threads(getattr(args, "threads", None))
         return int(args.func(args))
     except (DatasetError, ConfigError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        set_command_line_threads(None)  # main() may run again in this process (tests, notebooks)

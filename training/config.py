@@ -76,7 +76,7 @@ class TrainConfig:
     eval_every: int = 5  # epochs between validation mAP runs (the last epoch always runs one)
     workers: int = 0  # DataLoader worker processes
     cache_images: bool = True  # keep decoded images in memory
-    num_threads: int = 0  # torch threads per process; 0 = cores / processes
+    num_threads: int = 0  # threads per process for every stage; 0 = OMP_NUM_THREADS, else usable cores / processes
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from diffdefect_edge.backends.base import Backend, BackendError, RawOutput, split_outputs
 from diffdefect_edge.package import ModelFile, ModelPackage
+from diffdefect_edge.threads import thread_budget
 
 
 class ONNXRuntimeBackend(Backend):
@@ -30,8 +31,7 @@ class ONNXRuntimeBackend(Backend):
         else:
             raise BackendError(f"the onnxruntime backend runs on 'CPU' or 'cuda', not {device!r}")
         options = ort.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
+        options.intra_op_num_threads = thread_budget(num_threads)
         try:
             self.session = ort.InferenceSession(str(model_file.path), options, providers=providers)
         except Exception as exc:

@@ -16,6 +16,7 @@ import openvino as ov
 
 from diffdefect_edge.backends.base import Backend, BackendError, RawOutput
 from diffdefect_edge.package import ModelFile, ModelPackage
+from diffdefect_edge.threads import thread_budget
 
 _CORE: ov.Core | None = None
 _CORE_LOCK = threading.Lock()
@@ -98,8 +99,7 @@ class OpenVINOBackend(Backend):
         super().__init__(package, model_file, device.upper(), num_threads, mode)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT" if mode == "throughput" else "LATENCY"}
         if self.device.startswith("CPU"):
-            if num_threads:
-                config["INFERENCE_NUM_THREADS"] = int(num_threads)
+            config["INFERENCE_NUM_THREADS"] = thread_budget(num_threads)
             if model_file.precision == "fp32":
                 # CPUs with bf16/AMX would otherwise run an FP32 model in bf16
                 config["INFERENCE_PRECISION_HINT"] = "f32"

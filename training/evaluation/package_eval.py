@@ -17,6 +17,7 @@ from tqdm import tqdm
 from diffdefect_edge import Detector, load_package
 from diffdefect_edge.backends import FILE_KIND, BackendError
 from diffdefect_edge.metadata import PackageMetadata
+from diffdefect_edge.threads import thread_budget
 from training.data import Dataset, load_dataset
 from training.data.torch_dataset import read_image
 from training.evaluation.metrics import DetectionMetrics, Prediction, evaluate_detections, save_pr_curves
@@ -83,7 +84,8 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
                 continue
             key = f"{backend}/{m.precision}"
             try:
-                det = Detector(pkg, backend=backend, precision=m.precision, conf=EVAL_CONF, iou=EVAL_IOU)
+                det = Detector(pkg, backend=backend, precision=m.precision, conf=EVAL_CONF, iou=EVAL_IOU,
+                               num_threads=thread_budget())
             except BackendError as exc:
                 log.warning("skipping %s: %s", key, exc)
                 continue
@@ -91,7 +93,7 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
             metrics = evaluate_detections(dataset.records, pkg.class_names, preds)
             det.close()
             # latency at the package's own thresholds: what the line runs (mAP needs conf 0.001 and many boxes)
-            with Detector(pkg, backend=backend, precision=m.precision) as line_det:
+            with Detector(pkg, backend=backend, precision=m.precision, num_threads=thread_budget()) as line_det:
                 st = line_det.benchmark(sample, runs=latency_runs, warmup=5)
             latency = {"median_ms": round(st["end_to_end_p50_ms"], 3), "p95_ms": round(st["end_to_end_p95_ms"], 3),
                        "raw_median_ms": round(st["raw_p50_ms"], 3), "runs": latency_runs}

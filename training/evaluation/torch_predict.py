@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from diffdefect_edge.postprocess import decode_detections
 from diffdefect_edge.preprocess import MEAN, STD, letterbox
@@ -30,7 +31,8 @@ def predict_records(model: DefectDetector, records: list[Record], input_size: in
     model.eval()
     device = device or next(model.parameters()).device
     preds: list[Prediction] = []
-    for start in range(0, len(records), batch_size):
+    starts = range(0, len(records), batch_size)
+    for start in tqdm(starts, desc="validation", leave=False, mininterval=1.0, unit="batch"):
         chunk = records[start:start + batch_size]
         canvases, boxes_maps = [], []
         for rec in chunk:

@@ -24,6 +24,7 @@ import openvino as ov
 import torch
 from onnx import helper, numpy_helper
 from openvino.preprocess import ColorFormat, PrePostProcessor
+from tqdm import tqdm
 
 from diffdefect_edge import __version__
 from diffdefect_edge.package import ModelPackage, write_package
@@ -33,6 +34,7 @@ from training.data.torch_dataset import read_image
 from training.detector import STRIDES, DeployModel, count_gflops, count_parameters
 from training.detector.checkpoint import load_detector
 from training.engine.checkpoint import CheckpointError
+from training.engine.threads import apply_thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ def calibration_canvases(run_dir: Path, count: int, input_size: int, data_overri
     records = [r for r in dataset.records if r.image_id in train_ids] or dataset.records
     step = max(1, len(records) // count)
     picked = records[::step][:count]
-    return np.stack([letterbox(read_image(str(r.image_path)), input_size)[0] for r in picked])
+    return np.stack([letterbox(read_image(str(r.image_path)), input_size)[0]
+                     for r in tqdm(picked, desc="export: calibration images", leave=False, mininterval=1.0)])
 
 
 def embed_preprocessing(model: ov.Model) -> ov.Model:
@@ -160,6 +163,7 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    apply_thread_budget("export")
     ckpt = find_checkpoint(run_dir, weights)
     detector, meta = load_detector(ckpt)
     input_size = int(meta["input_size"])

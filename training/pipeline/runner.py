@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ExperimentConfig, save_config
+from training.engine.threads import apply_thread_budget
 from training.pipeline.context import RunContext
 from training.pipeline.stages import STAGE_NAMES, STAGES, STAGES_BY_NAME, Stage
 
@@ -121,6 +122,7 @@ def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str
         _prepare(ctx, stage, key, force)
         start = time.perf_counter()
         log.info("stage %s: running", stage.name)
+        apply_thread_budget(stage.name, config.train.num_threads or None)
         result = stage.fn(ctx)
         elapsed = time.perf_counter() - start
         marker.write_text(json.dumps({"key": key, "seconds": round(elapsed, 3), "result": result}, indent=1))
