@@ -62,7 +62,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             continue
         for mode in modes:
             try:
-                with Detector(pkg, backend=backend, precision=m.precision, device=args.device, mode=mode) as det:
+                with Detector(pkg, backend=backend, precision=m.precision, device=args.device, mode=mode,
+                              num_threads=args.threads) as det:
                     st = det.benchmark(runs=args.runs)
             except BackendError as exc:
                 print(f"{backend:12s} {m.precision:9s} {mode:10s} skipped: {exc}")
@@ -83,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite)
     try:
         detector = Detector(args.model, backend=args.backend, device=args.device, precision=args.precision,
-                            conf=args.conf, iou=args.iou, mode=args.mode)
+                            conf=args.conf, iou=args.iou, mode=args.mode, num_threads=args.threads)
         source = open_source(args.source)
     except (PackageError, BackendError, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -117,6 +118,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, help="inference threads (default: OMP_NUM_THREADS, else the "
+                   "usable cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdefect-edge", description="diffdefect-edge runtime SDK")
     parser.add_argument("--version", action="version", version=f"diffdefect-edge {__version__}")
@@ -133,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="latency,throughput", help="comma-separated: latency, throughput")
     p.add_argument("--device", default="CPU")
     p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime,torch")
+    _add_threads_argument(p)
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("run", help="the camera loop: detect on a camera, video, folder or URL and record results")
     p.add_argument("--model", required=True, help="model package folder")
@@ -154,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the package's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl files")
     p.add_argument("--summary-json", action="store_true", help="print the final summary as one JSON object")
+    _add_threads_argument(p)
     p.set_defaults(func=_cmd_run)
     return parser
 
