@@ -20,26 +20,40 @@ def _cmd_build_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from diffdefect_edge.package import PackageError, load_package
+    from diffdefect_edge.package import load_package
 
-    try:
-        pkg = load_package(args.package)
-    except PackageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    pkg = load_package(args.package)
     meta = pkg.meta
     if args.json:
-        print(json.dumps(meta.raw, indent=2))
+        print(json.dumps(pkg.metadata, indent=2))
         return 0
     model = meta.model
-    print(f"package   {pkg.path}  (format version {meta.format_version}, all {len(meta.files)} checksums OK)")
+    signed = "signed" if (pkg.path / "signature.json").is_file() else "not signed"
+    print(f"package   {pkg.path}  (format version {meta.format_version}, {meta.created_by}, all {len(meta.files)} "
+          f"checksums OK, {signed})")
     print(f"model     {model.name} size {model.size}, {model.parameters / 1e6:.2f} M parameters, "
           f"{model.gflops:.2f} GFLOPs, task {meta.task}")
     print(f"input     {pkg.input_size}x{pkg.input_size}, letterbox pad {meta.input.letterbox.pad_value}")
     print(f"classes   {', '.join(pkg.class_names)}")
     print(f"defaults  conf {meta.defaults.conf}, iou {meta.defaults.iou}")
     for m in pkg.models:
-        print(f"  {m.backend:9s} {m.precision:5s} {m.path.relative_to(pkg.path)}  runtime steps: {', '.join(m.runtime_steps)}")
+        print(f"  {m.backend:9s} {m.precision:5s} {m.rel}  runtime steps: {', '.join(m.runtime_steps)}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from diffdefect_edge.signing import sign_package
+
+    path = sign_package(args.package, args.key)
+    print(f"signed {args.package}: {path.name} written")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from diffdefect_edge.package import load_package
+
+    pkg = load_package(args.package, trusted_keys=args.key)
+    print(f"{args.package}: signature OK (key {pkg.signed_by[:16]}), all {len(pkg.meta.files)} checksums OK")
     return 0
 
 
@@ -48,7 +62,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from diffdefect_edge.detector import MODES, Detector
     from diffdefect_edge.package import load_package
 
-    pkg = load_package(args.package)
+    pkg = load_package(args.package, trusted_keys=args.trusted_key)
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in MODES:
@@ -84,7 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite)
     try:
         detector = Detector(args.model, backend=args.backend, device=args.device, precision=args.precision,
-                            conf=args.conf, iou=args.iou, mode=args.mode, num_threads=args.threads)
+                            conf=args.conf, iou=args.iou, mode=args.mode, num_threads=args.threads,
+                            trusted_keys=args.trusted_key)
         source = open_source(args.source)
     except (PackageError, BackendError, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -125,6 +140,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_trusted_key_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trusted-key", action="append", metavar="PUB.pem",
+                   help="refuse the package unless it is signed by this public key (repeat for several)")
+
+
 def _add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, help="inference threads (default: OMP_NUM_THREADS, else the "
                    "usable cores)")
@@ -140,13 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package")
     p.add_argument("--json", action="store_true", help="print the whole metadata.json")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("sign", help="sign a package (metadata and, through its checksums, every file)")
+    p.add_argument("package")
+    p.add_argument("--key", required=True, metavar="KEY.pem", help="PEM private key (ECDSA or Ed25519)")
+    p.set_defaults(func=_cmd_sign)
+    p = sub.add_parser("verify", help="check a package's signature and checksums; exit 0 if they hold, 2 if not")
+    p.add_argument("package")
+    p.add_argument("--key", required=True, action="append", metavar="PUB.pem", help="trusted PEM public key "
+                   "(repeat for several)")
+    p.set_defaults(func=_cmd_verify)
     p = sub.add_parser("bench", help="latency table per backend, precision and mode on a 1280x720 frame")
     p.add_argument("package")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--modes", default="latency,throughput", help="comma-separated: latency, throughput")
     p.add_argument("--device", default="CPU")
-    p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime,torch")
+    p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime")
     _add_threads_argument(p)
+    _add_trusted_key_argument(p)
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("run", help="the camera loop: detect on a camera, video, folder or URL and record results")
     p.add_argument("--model", required=True, help="model package folder")
@@ -158,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=Path, help="save an image of every detected defect in this folder")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--max-fps", type=float, help="read a file source no faster than this (replay at line rate)")
-    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime", "torch"])
+    p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime"])
     p.add_argument("--device", default="CPU")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--mode", default="latency", choices=["latency", "throughput"])
@@ -169,13 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl files")
     p.add_argument("--summary-json", action="store_true", help="print the final summary as one JSON object")
     _add_threads_argument(p)
+    _add_trusted_key_argument(p)
     p.set_defaults(func=_cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffdefect_edge.backends import BackendError
+    from diffdefect_edge.package import PackageError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (PackageError, BackendError) as exc:  # a bad package, key or runtime: one line, never a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +40,26 @@ class Detector:
     """A loaded model package, ready to detect defects.
 
     >>> det = Detector("packages/quickstart")            # OpenVINO on CPU, FP32
+    >>> det = Detector(pkg, trusted_keys=["line.pub"])   # refuse a package not signed by that key
     >>> detections = det(frame)                          # BGR uint8 (H, W, 3) or gray
     """
 
     def __init__(self, package: str | Path | ModelPackage, backend: str = "auto", device: str = "CPU",
                  precision: str = "fp32", conf: float | None = None, iou: float | None = None,
-                 mode: str = "latency", num_threads: int | None = None, max_det: int | None = None) -> None:
+                 mode: str = "latency", num_threads: int | None = None, max_det: int | None = None,
+                 trusted_keys: Sequence[str | Path | bytes] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
-        self.package = package if isinstance(package, ModelPackage) else load_package(package)
+        if isinstance(package, ModelPackage):
+            if trusted_keys is not None:  # the signature is checked on the files, not on an object in memory
+                package = load_package(package.path, trusted_keys=trusted_keys)
+        else:
+            package = load_package(package, trusted_keys=trusted_keys)
+        self.package = package
         defaults = self.package.meta.defaults
         self.conf = _check_threshold("conf", conf) if conf is not None else defaults.conf
         self.iou = _check_threshold("iou", iou) if iou is not None else defaults.iou

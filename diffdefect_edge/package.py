@@ -1,27 +1,42 @@
-"""Model packages: a directory with ``metadata.json`` and the model files, each listed with its sha256.
+"""Model packages: a folder with ``metadata.json``, the model files (each listed with its size and sha256) and,
+when signed, ``signature.json``.
 
-The package is the only thing that passes from training to the line. :func:`write_package` builds it in a
-temporary sibling directory and renames it into place, so a reader never sees half a package;
-:func:`load_package` refuses a missing, corrupt, tampered or unknown-version package with :class:`PackageError`.
+The package is the only thing that passes from training to the line, and nothing in it is ever executed or
+unpickled: the SDK reads OpenVINO IR and ONNX graphs only. :func:`load_package` refuses, with
+:class:`PackageError`, a package whose metadata breaks the schema (:mod:`diffdefect_edge.metadata`), that names
+a path outside the package, a link or a special file, or whose files do not match their checksums; with
+``trusted_keys`` also one that is unsigned or signed by another key (:mod:`diffdefect_edge.signing`). Errors
+name the package-relative path and never describe anything outside the package. :func:`write_package` builds a
+package in a temporary sibling folder and renames it into place, so a reader never sees half a package.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffdefect_edge.metadata import MetadataError, ModelInput, PackageMetadata, parse_metadata
+from diffdefect_edge.metadata import (
+    FORMAT_VERSION,
+    PACKAGE_FORMAT,
+    MetadataError,
+    ModelInput,
+    PackageMetadata,
+    parse_metadata,
+)
 
-PACKAGE_FORMAT = "diffdefect-edge-package"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "METADATA_FILE", "PACKAGE_FORMAT", "SIGNATURE_FILE", "ModelFile", "ModelPackage",
+           "PackageError", "load_package", "read_package_file", "sha256_file", "write_package"]
+
 METADATA_FILE = "metadata.json"
+SIGNATURE_FILE = "signature.json"
 
 
 class PackageError(ValueError):
@@ -40,30 +55,61 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_package_file(root: Path, rel: str) -> bytes:
+    """The bytes of package-relative ``rel``: every component must be a real folder or regular file inside
+    ``root`` (a link or a special file is refused without being followed or opened)."""
+    current = root
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            raise PackageError(root, f"{rel}: listed in the package but missing") from None
+        except OSError as exc:
+            raise PackageError(root, f"{rel}: cannot be read ({exc.strerror})") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise PackageError(root, f"{'/'.join(parts[:i + 1])}: is a symbolic link; packages hold only regular "
+                                     "files")
+        last = i == len(parts) - 1
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise PackageError(root, f"{'/'.join(parts[:i + 1])}: is not a folder")
+        if last and not stat.S_ISREG(st.st_mode):
+            raise PackageError(root, f"{rel}: is not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(current, flags)
+    except OSError as exc:
+        raise PackageError(root, f"{rel}: cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped after the check
+            raise PackageError(root, f"{rel}: is not a regular file")
+        return f.read()
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """One runnable model in a package: which backend and precision, and the files it needs."""
 
-    backend: str  # "openvino", "onnx" or "torch"
+    backend: str  # "openvino" or "onnx"
     precision: str  # "fp32", "fp16" or "int8"
     path: Path
     spec: ModelInput  # dtype, layout, color order the file takes
     runtime_steps: tuple[str, ...]  # what the runtime must do before feeding it
+    rel: str = ""  # package-relative file
+    extra: tuple[str, ...] = ()  # package-relative extra files (an IR's weights)
 
     @property
     def input(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.spec)
+        return self.spec.model_dump()
 
 
 @dataclass(frozen=True)
 class ModelPackage:
     path: Path
     meta: PackageMetadata  # the typed view every reader uses
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """metadata.json as written (for display and provenance)."""
-        return self.meta.raw
+    metadata: dict[str, Any]  # metadata.json as written (for display and provenance)
+    signed_by: str | None = None  # the trusted key's id, when loaded with trusted keys
 
     @property
     def class_names(self) -> list[str]:
@@ -79,12 +125,12 @@ class ModelPackage:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.meta.defaults)
+        return self.meta.defaults.model_dump()
 
     @property
     def models(self) -> list[ModelFile]:
-        return [ModelFile(m.backend, m.precision, self.path / m.file, m.input, m.runtime_steps)
-                for m in self.meta.models]
+        return [ModelFile(m.backend, m.precision, self.path / m.file, m.input, m.runtime_steps, m.file,
+                          m.extra_files) for m in self.meta.models]
 
     def model_file(self, backend: str, precision: str) -> ModelFile:
         for m in self.models:
@@ -93,59 +139,56 @@ class ModelPackage:
         have = ", ".join(f"{m.backend}/{m.precision}" for m in self.models)
         raise PackageError(self.path, f"has no {backend} model in {precision} (it has: {have})")
 
+    def read_verified(self, rel: str) -> bytes:
+        """A listed file's bytes, checked against its size and sha256 (what a backend loads is what was verified)."""
+        entry = self.meta.files.get(rel)
+        if entry is None:
+            raise PackageError(self.path, f"{rel}: not listed in the package")
+        data = read_package_file(self.path, rel)
+        if len(data) != entry.bytes:
+            raise PackageError(self.path, f"{rel}: is {len(data)} bytes, the package says {entry.bytes} "
+                                          "(truncated or replaced)")
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise PackageError(self.path, f"{rel}: sha256 does not match the package metadata (corrupt or "
+                                          "tampered)")
+        return data
 
-_REQUIRED_KEYS = ("format", "format_version", "class_names", "input", "output", "defaults", "models", "files", "task")
 
-
-def load_package(path: str | Path, verify: bool = True) -> ModelPackage:
-    """Read a package's metadata; with ``verify`` check every listed file's size and sha256."""
+def load_package(path: str | Path, verify: bool = True, trusted_keys: Sequence[str | Path | bytes] | None = None
+                 ) -> ModelPackage:
+    """Read and validate a package; with ``verify`` check every listed file's size and sha256; with
+    ``trusted_keys`` (PEM public keys: paths or bytes) require a signature by one of them."""
     path = Path(path)
-    meta_path = path / METADATA_FILE
     if not path.is_dir():
         raise PackageError(path, "no such package directory")
-    if not meta_path.is_file():
+    if not (path / METADATA_FILE).exists() and not (path / METADATA_FILE).is_symlink():
         raise PackageError(path, f"not a model package (no {METADATA_FILE})")
+    meta_bytes = read_package_file(path, METADATA_FILE)
+    signed_by = None
+    if trusted_keys is not None:
+        from diffdefect_edge.signing import verify_signature
+
+        signed_by = verify_signature(path, meta_bytes, trusted_keys)
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(meta_path, f"broken JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != PACKAGE_FORMAT:
-        raise PackageError(meta_path, f"not a {PACKAGE_FORMAT} metadata file")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise PackageError(meta_path, f"package format version {version!r} is not supported by this SDK "
-                                      f"(it reads version {FORMAT_VERSION}); re-export the model or upgrade")
-    missing = [k for k in _REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise PackageError(meta_path, f"metadata lacks {missing}")
-    try:
-        typed = parse_metadata(meta)
+        typed, raw = parse_metadata(meta_bytes)
     except MetadataError as exc:
-        raise PackageError(meta_path, f"metadata field {exc}") from None
-    listed = typed.files
-    for m in typed.models:
-        for rel in [m.file, *m.extra_files]:
-            if rel not in listed:
-                raise PackageError(meta_path, f"model file {rel} is not listed with a checksum")
+        raise PackageError(path / METADATA_FILE, f"metadata {exc}" if exc.field else str(exc)) from None
+    package = ModelPackage(path, typed, raw, signed_by)
     if verify:
-        for rel, info in listed.items():
-            file = path / rel
-            if not file.is_file():
-                raise PackageError(file, "listed in the package but missing")
-            size = file.stat().st_size
-            if size != info.bytes:
-                raise PackageError(file, f"is {size} bytes, the package says {info.bytes} (truncated or replaced)")
-            if sha256_file(file) != info.sha256:
-                raise PackageError(file, "sha256 does not match the package metadata (corrupt or tampered)")
-    return ModelPackage(path, typed)
+        for rel in typed.files:
+            package.read_verified(rel)
+    return package
 
 
 def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[str, Any],
-                  overwrite: bool = False) -> ModelPackage:
-    """Copy ``files`` (package-relative name -> source) and write metadata with their checksums, atomically.
+                  overwrite: bool = False, sign_key: str | Path | None = None) -> ModelPackage:
+    """Copy ``files`` (package-relative name -> source) and write metadata with their checksums, atomically;
+    sign it with the PEM private key ``sign_key`` when given.
 
     An existing ``out_dir`` is refused unless ``overwrite``; it is only replaced once the new package is complete.
     """
+    from diffdefect_edge import __version__
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists (pass overwrite to replace it)")
@@ -159,8 +202,18 @@ def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[st
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             listed[rel] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
-        meta = {"format": PACKAGE_FORMAT, "format_version": FORMAT_VERSION, **metadata, "files": listed}
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1))
+        meta = {"format": PACKAGE_FORMAT, "format_version": FORMAT_VERSION,
+                "created_by": f"diffdefect-edge {__version__}", **metadata, "files": listed}
+        try:
+            text = json.dumps(meta, indent=1, allow_nan=False)
+        except ValueError as exc:
+            raise ValueError(f"{out_dir}: package metadata must be strict JSON ({exc})") from None
+        (tmp / METADATA_FILE).write_text(text)
+        load_package(tmp)  # a package that would not load is never put in place
+        if sign_key is not None:
+            from diffdefect_edge.signing import sign_package
+
+            sign_package(tmp, sign_key)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

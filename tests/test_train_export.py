@@ -17,6 +17,7 @@ import openvino as ov
 import pytest
 import torch
 
+import diffdefect_edge
 from diffdefect_edge import Detector, load_package
 from diffdefect_edge.postprocess import box_iou
 from training.cli import main
@@ -95,7 +96,9 @@ def test_package_metadata_describes_the_model(tiny_package: Path):
     meta = pkg.metadata
     assert meta["task"] == "detect+seg" and pkg.input_size == 96 and len(pkg.class_names) == 6
     assert {(m.backend, m.precision) for m in pkg.models} == {
-        ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32"), ("torch", "fp32")}
+        ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("onnx", "fp32")}
+    assert not (tiny_package / "model.pt2").exists()  # no pickle in a package
+    assert meta["created_by"] == f"diffdefect-edge {diffdefect_edge.__version__}" and meta["format_version"] == 2
     assert meta["input"]["letterbox"]["pad_value"] == 114 and meta["input"]["color_order"] == "RGB"
     assert meta["output"]["strides"] == [8, 16, 32] and meta["output"]["num_anchors"] == 144 + 36 + 9
     assert meta["defaults"]["conf"] == 0.05
@@ -134,14 +137,15 @@ def _match(a, b) -> tuple[float, float]:
     return float(iou[np.arange(len(a)), j].min()), float(np.abs(a.scores - b.scores[j]).max())
 
 
-def test_openvino_onnxruntime_and_torch_agree(tiny_package: Path, tiny_dataset: Path):
+def test_openvino_and_onnxruntime_agree(tiny_package: Path, tiny_dataset: Path):
+    """The two runtimes on the same package; agreement with the torch model is the test below."""
     frames = _images(tiny_dataset)
     results = {}
-    for backend in ("openvino", "onnxruntime", "torch"):
+    for backend in ("openvino", "onnxruntime"):
         with Detector(tiny_package, backend=backend, conf=0.02) as det:
             results[backend] = [det(f) for f in frames]
     assert sum(len(d) for d in results["openvino"]) > 0, "the tiny model should detect something at conf 0.02"
-    for backend in ("onnxruntime", "torch"):
+    for backend in ("onnxruntime",):
         for ref, other in zip(results["openvino"], results[backend]):
             worst_iou, worst_score = _match(ref, other)
             assert worst_iou >= 0.99 and worst_score <= 1e-3, backend

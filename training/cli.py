@@ -104,7 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     pkg = export_package(args.run, args.out, int8=args.int8, fp16=args.fp16, weights=args.weights,
                          calibration_images=args.calibration_images, calib_data=args.calib_data,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, sign_key=args.sign)
     print(f"wrote package {pkg.path}: " + ", ".join(f"{m.backend}/{m.precision}" for m in pkg.models))
     return 0
 
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=200)
     p.add_argument("--calib-data", help="dataset folder for INT8 calibration (default: the run's training data)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out package")
+    p.add_argument("--sign", metavar="KEY.pem", help="sign the package with this PEM private key")
     _add_threads_argument(p)
     p.set_defaults(func=_cmd_export)
 
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         set_command_line_threads(getattr(args, "threads", None))
         return int(args.func(args))
     except (DatasetError, ConfigError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        # PackageError is a ValueError: a bad package or key ends here too, as one line
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from diffdefect_edge.backends.base import Backend, BackendError, RawOutput
 from diffdefect_edge.package import ModelPackage
 
-BACKENDS = ("openvino", "onnxruntime", "torch")
+BACKENDS = ("openvino", "onnxruntime")
 # which package model files each backend reads, and the reverse
-FILE_KIND = {"openvino": "openvino", "onnxruntime": "onnx", "torch": "torch"}
+FILE_KIND = {"openvino": "openvino", "onnxruntime": "onnx"}
+# why there is no torch backend: a torch.export program is a pickle, and the SDK never unpickles (docs/sdk.md)
+NO_TORCH = ("the SDK has no torch backend: a torch.export program is a pickle, and nothing in a package is ever "
+            "unpickled; on CUDA use backend='onnxruntime' with device='cuda' (onnxruntime-gpu)")
 BACKEND_FOR_FILE = {kind: backend for backend, kind in FILE_KIND.items()}
 
 
@@ -19,19 +22,16 @@ def _backend_class(name: str) -> type[Backend]:
         from diffdefect_edge.backends.onnxruntime import ONNXRuntimeBackend
         return ONNXRuntimeBackend
     if name == "torch":
-        from diffdefect_edge.backends.torch import TorchBackend
-        return TorchBackend
+        raise ValueError(NO_TORCH)
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
 
 
 def resolve_backend(package: ModelPackage, backend: str, device: str, precision: str) -> str:
-    """``auto``: torch for device 'cuda' when a program is packaged, else OpenVINO, else ONNX Runtime."""
+    """``auto``: ONNX Runtime for device 'cuda', else OpenVINO, else ONNX Runtime."""
     if backend != "auto":
         return backend
     kinds = {(m.backend, m.precision) for m in package.models}
     if device.lower().startswith("cuda"):
-        if ("torch", precision) in kinds:
-            return "torch"
         return "onnxruntime"
     if ("openvino", precision) in kinds:
         return "openvino"

@@ -32,10 +32,16 @@ class ONNXRuntimeBackend(Backend):
             raise BackendError(f"the onnxruntime backend runs on 'CPU' or 'cuda', not {device!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = thread_budget(num_threads)
+        graph = package.read_verified(model_file.rel)  # the verified bytes: what runs is exactly what was checked
         try:
-            self.session = ort.InferenceSession(str(model_file.path), options, providers=providers)
-        except Exception as exc:
-            raise BackendError(f"{model_file.path}: ONNX Runtime could not load it: {exc}") from None
+            self.session = ort.InferenceSession(graph, options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own exception types
+            raise BackendError(f"{model_file.rel}: ONNX Runtime could not load it: {exc}") from None
+        shape = self.session.get_inputs()[0].shape
+        size = package.input_size
+        if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:3]) and tuple(shape[1:3]) != (size, size):
+            raise BackendError(f"{model_file.rel}: the model takes {shape[1]}x{shape[2]} canvases, the package's "
+                               f"input.size says {size}x{size}")
         self._input = self.session.get_inputs()[0].name
         self._has_seg = len(self.session.get_outputs()) > 1
 

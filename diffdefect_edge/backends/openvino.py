@@ -104,6 +104,11 @@ class OpenVINOBackend(Backend):
                 # CPUs with bf16/AMX would otherwise run an FP32 model in bf16
                 config["INFERENCE_PRECISION_HINT"] = "f32"
         self._config = config
+        # the IR as verified against the package's checksums, read once: OpenVINO reads it from memory, so what
+        # runs is exactly what was checked, whatever happens to the files afterwards
+        self._xml = package.read_verified(model_file.rel).decode("utf-8", errors="replace")
+        weights = [package.read_verified(rel) for rel in model_file.extra if rel.endswith(".bin")]
+        self._weights = ov.Tensor(np.frombuffer(weights[0], np.uint8).copy()) if weights else None
         self._graphs: OrderedDict[int, _Graph] = OrderedDict()
         self._graphs_lock = threading.Lock()
         self.compiled = self.graph(1).compiled  # reads, checks and compiles the IR now
@@ -112,8 +117,8 @@ class OpenVINOBackend(Backend):
         try:
             return core().compile_model(model, self.device, self._config)
         except RuntimeError as exc:
-            raise BackendError(f"{self.model_file.path}: OpenVINO could not compile it for device {self.device!r} "
-                               f"(available: {available_devices()}): {str(exc).splitlines()[0]}") from None
+            raise BackendError(f"{self.model_file.rel}: OpenVINO could not compile it for device {self.device!r} "
+                               f"(available: {available_devices()}): {exc}") from None
 
     def _requests_in_flight(self, compiled: ov.CompiledModel) -> int:
         """Twice OpenVINO's optimum in throughput mode, so that a queued request is ready whenever a stream frees
@@ -144,11 +149,17 @@ class OpenVINOBackend(Backend):
 
     def _read(self, batch: int) -> ov.Model:
         try:
-            model = core().read_model(str(self.model_file.path))
-        except RuntimeError as exc:
-            raise BackendError(f"{self.model_file.path}: OpenVINO could not read it: {str(exc).splitlines()[0]}") \
-                from None
+            model = (core().read_model(self._xml, self._weights) if self._weights is not None
+                     else core().read_model(self._xml))
+        except RuntimeError as exc:  # OpenVINO's whole explanation: the first line alone often says nothing
+            raise BackendError(f"{self.model_file.rel}: OpenVINO could not read it: {exc}") from None
         size = self.package.input_size
+        shape = model.inputs[0].get_partial_shape()
+        if shape.rank.is_static and len(shape) == 4 and all(shape[i].is_static for i in (1, 2)):
+            ir_size = (shape[1].get_length(), shape[2].get_length())
+            if ir_size != (size, size):
+                raise BackendError(f"{self.model_file.rel}: the IR takes {ir_size[0]}x{ir_size[1]} canvases, the "
+                                   f"package's input.size says {size}x{size}")
         model.reshape({model.inputs[0]: ov.PartialShape([batch, size, size, 3])})
         return model
 

@@ -1,11 +1,11 @@
-"""Export a trained run into a model package: OpenVINO IR (FP32 exact, FP16 optional, INT8 by NNCF),
-ONNX (dynamo exporter, single file) and a ``torch.export`` program, with self-describing metadata.
+"""Export a trained run into a model package: OpenVINO IR (FP32 exact, FP16 optional, INT8 by NNCF) and
+ONNX (dynamo exporter, single file), with self-describing metadata; signed when a key is given.
 
 The OpenVINO and ONNX graphs take the letterboxed BGR uint8 canvas (N, S, S, 3) directly: conversion to float,
 BGR->RGB, normalisation and NHWC->NCHW are embedded (PrePostProcessor for OpenVINO, nodes prepended to the ONNX
 graph), so the runtime hands over the canvas as it is (and a GPU runtime copies 4x fewer bytes to the device).
-The torch program takes the normalised (N, 3, S, S) float tensor; the metadata lists, per file, the steps the
-runtime must do.
+The metadata lists, per file, the steps the runtime must do. No torch program goes in a package: it would be a
+pickle, and the SDK never unpickles anything from a package (docs/sdk.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import datetime
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,7 @@ log = logging.getLogger(__name__)
 LETTERBOX_RULE = ("scale = min(S / width, S / height); resize bilinear to (round(width * scale), "
                   "round(height * scale)); paste centred, offset ((S - new_w) // 2, (S - new_h) // 2), on an "
                   "S x S canvas filled with pad_value")
-FLOAT_INPUT = {"dtype": "float32", "layout": "NCHW", "color_order": "RGB", "normalized": True}
 CANVAS_INPUT = {"dtype": "uint8", "layout": "NHWC", "color_order": "BGR", "normalized": False}
-FLOAT_STEPS = ("letterbox", "bgr_to_rgb", "normalize", "hwc_to_chw")
 CANVAS_STEPS = ("letterbox",)
 
 
@@ -152,14 +151,21 @@ def export_onnx(deploy: DeployModel, example: torch.Tensor, path: Path, output_n
     program.save(str(path), external_data=False)
 
 
-def export_torch_program(deploy: DeployModel, example: torch.Tensor, path: Path) -> None:
-    program = torch.export.export(deploy, (example,), dynamic_shapes=_dynamic_batch())
-    torch.export.save(program, str(path))
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None: package metadata is strict JSON (no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16: bool = False,
                    weights: str = "best", calibration_images: int = 200, calib_data: str | Path | None = None,
-                   conf: float | None = None, iou: float | None = None, overwrite: bool = False) -> ModelPackage:
+                   conf: float | None = None, iou: float | None = None, overwrite: bool = False,
+                   sign_key: str | Path | None = None) -> ModelPackage:
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -195,11 +201,6 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
         canvas_onnx = tmp / "model.onnx"
         onnx.save(onnx_with_canvas_input(onnx.load(str(onnx_path))), str(canvas_onnx))
         add("onnx", "fp32", "model.onnx", canvas_onnx, CANVAS_INPUT, CANVAS_STEPS)
-
-        log.info("export: torch.export program")
-        pt2 = tmp / "model.pt2"
-        export_torch_program(deploy, example, pt2)
-        add("torch", "fp32", "model.pt2", pt2, FLOAT_INPUT, FLOAT_STEPS)
 
         log.info("export: OpenVINO IR")
         float_model = embed_preprocessing(ov.convert_model(str(onnx_path)))
@@ -243,6 +244,6 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
                 "run_dir": str(run_dir.resolve()), "checkpoint": ckpt.name, "epoch": meta.get("epoch"),
                 "dataset": {k: dataset_info.get(k) for k in ("path", "format")} | {
                     "num_train": len(dataset_info.get("train", [])), "num_val": len(dataset_info.get("val", []))},
-                "metrics_at_export": meta.get("metrics"), "config": meta.get("config")},
+                "metrics_at_export": _finite_or_null(meta.get("metrics")), "config": meta.get("config")},
         }
-        return write_package(out, files, metadata, overwrite=overwrite)
+        return write_package(out, files, metadata, overwrite=overwrite, sign_key=sign_key)
