@@ -220,6 +220,17 @@ def test_input_size_must_match_the_model_files(pkg: Path, tmp_path: Path):
             Detector(pkg, backend=backend)
 
 
+def test_class_count_must_match_the_model_files(pkg: Path):
+    meta = _meta(pkg)
+    meta["class_names"] = meta["class_names"][:2]
+    meta["output"]["detections"]["shape"][-1] = 6
+    meta["output"]["segmentation"]["shape"][1] = 3
+    _write(pkg, meta)
+    for backend in ("openvino", "onnxruntime"):
+        with pytest.raises(BackendError, match="outputs 6 classes, the package's class_names lists 2"):
+            Detector(pkg, backend=backend)
+
+
 def test_deep_nesting_nan_and_duplicate_keys(pkg: Path):
     deep = b'{"provenance": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(MetadataError, match="nests 100001 levels deep"):

@@ -42,6 +42,11 @@ class ONNXRuntimeBackend(Backend):
         if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:3]) and tuple(shape[1:3]) != (size, size):
             raise BackendError(f"{model_file.rel}: the model takes {shape[1]}x{shape[2]} canvases, the package's "
                                f"input.size says {size}x{size}")
+        out = self.session.get_outputs()[0].shape
+        classes = len(package.class_names)
+        if out and isinstance(out[-1], int) and out[-1] != 4 + classes:
+            raise BackendError(f"{model_file.rel}: the model outputs {out[-1] - 4} classes, the package's "
+                               f"class_names lists {classes}")
         self._input = self.session.get_inputs()[0].name
         self._has_seg = len(self.session.get_outputs()) > 1
 

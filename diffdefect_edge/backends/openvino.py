@@ -160,6 +160,11 @@ class OpenVINOBackend(Backend):
             if ir_size != (size, size):
                 raise BackendError(f"{self.model_file.rel}: the IR takes {ir_size[0]}x{ir_size[1]} canvases, the "
                                    f"package's input.size says {size}x{size}")
+        out = model.outputs[0].get_partial_shape()
+        classes = len(self.package.class_names)
+        if out.rank.is_static and out[len(out) - 1].is_static and out[len(out) - 1].get_length() != 4 + classes:
+            raise BackendError(f"{self.model_file.rel}: the IR outputs {out[len(out) - 1].get_length() - 4} classes, "
+                               f"the package's class_names lists {classes}")
         model.reshape({model.inputs[0]: ov.PartialShape([batch, size, size, 3])})
         return model
 
