@@ -85,7 +85,7 @@ py::array_t<int64_t> nms(const py::array& boxes_in, const py::array& scores_in,
 }
 
 py::tuple decode_detections(const py::array& raw_in, double conf, double iou_threshold, int64_t max_candidates,
-                            int64_t max_det) {
+                            int64_t max_det, bool multi_label, bool agnostic) {
   farray raw = checked(raw_in, "raw");
   require(raw.ndim() == 2 && raw.shape(1) >= 5, "raw must have shape (anchors, 4 + classes), got " + shape_str(raw));
   require(std::isfinite(conf) && std::isfinite(iou_threshold), "conf and iou_threshold must be finite");
@@ -95,7 +95,7 @@ py::tuple decode_detections(const py::array& raw_in, double conf, double iou_thr
   {
     py::gil_scoped_release release;
     d = dde::decode_detections(rp, raw.shape(0), raw.shape(1), static_cast<float>(conf),
-                               static_cast<float>(iou_threshold), max_candidates, max_det);
+                               static_cast<float>(iou_threshold), max_candidates, max_det, multi_label, agnostic);
   }
   const auto n = static_cast<py::ssize_t>(d.scores.size());
   farray boxes({n, py::ssize_t{4}});
@@ -146,9 +146,10 @@ PYBIND11_MODULE(_kernels, m) {
         "Greedy class-aware NMS on C-contiguous float32 boxes (N, 4) xyxy and scores (N,), int64 class_ids (N,): "
         "kept indices, highest score first.");
   m.def("decode_detections", &decode_detections, py::arg("raw"), py::arg("conf"), py::arg("iou_threshold"),
-        py::arg("max_candidates"), py::arg("max_det"),
+        py::arg("max_candidates"), py::arg("max_det"), py::arg("multi_label") = false, py::arg("agnostic") = false,
         "One image's raw output (anchors, 4 + classes) float32 -> (boxes (N, 4), scores (N,), class_ids (N,)): "
-        "probabilities > conf, at most max_candidates, class-aware NMS, at most max_det, highest score first.");
+        "each anchor's best class (every class with multi_label) above conf, at most max_candidates, NMS "
+        "(class-aware unless agnostic), at most max_det, highest score first.");
 #ifdef DDE_WITH_CUDA
   m.def("cuda_pointer_device",
         [](std::uintptr_t ptr) { return dde_cuda_pointer_device(reinterpret_cast<void*>(ptr)); });

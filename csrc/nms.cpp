@@ -56,13 +56,20 @@ int64_t nms(const float* boxes, const float* scores, const int64_t* class_ids, i
 }
 
 Decoded decode_detections(const float* raw, int64_t anchors, int64_t width, float conf, float iou_threshold,
-                          int64_t max_candidates, int64_t max_det) {
+                          int64_t max_candidates, int64_t max_det, bool multi_label, bool agnostic) {
   const int64_t classes = width - 4;
   std::vector<int64_t> picked;  // anchor * classes + class
   for (int64_t a = 0; a < anchors; ++a) {
     const float* probs = raw + a * width + 4;
-    for (int64_t c = 0; c < classes; ++c)
-      if (probs[c] > conf) picked.push_back(a * classes + c);
+    if (multi_label) {
+      for (int64_t c = 0; c < classes; ++c)
+        if (probs[c] > conf) picked.push_back(a * classes + c);
+      continue;
+    }
+    int64_t best = 0;
+    for (int64_t c = 1; c < classes; ++c)
+      if (probs[c] > probs[best] || (std::isnan(probs[best]) && !std::isnan(probs[c]))) best = c;
+    if (probs[best] > conf) picked.push_back(a * classes + best);
   }
   auto prob = [&](int64_t k) { return raw[(k / classes) * width + 4 + k % classes]; };
   if (static_cast<int64_t>(picked.size()) > max_candidates) {
@@ -83,7 +90,9 @@ Decoded decode_detections(const float* raw, int64_t anchors, int64_t width, floa
     scores[static_cast<size_t>(i)] = prob(picked[static_cast<size_t>(i)]);
     class_ids[static_cast<size_t>(i)] = picked[static_cast<size_t>(i)] % classes;
   }
-  const int64_t kept = std::min(nms(boxes.data(), scores.data(), class_ids.data(), n, iou_threshold, keep.data()),
+  const std::vector<int64_t> one_class(agnostic ? static_cast<size_t>(n) : 0, 0);
+  const int64_t* nms_classes = agnostic ? one_class.data() : class_ids.data();
+  const int64_t kept = std::min(nms(boxes.data(), scores.data(), nms_classes, n, iou_threshold, keep.data()),
                                 std::max<int64_t>(max_det, 0));
   Decoded out;
   out.boxes.reserve(static_cast<size_t>(4 * kept));

@@ -19,10 +19,12 @@ struct Decoded {
 };
 
 // One image's raw output, `anchors` rows of `width` = 4 + classes floats: a box xyxy, then per-class
-// probabilities. Candidates are the (anchor, class) pairs with probability > conf (NaN never is), in anchor
-// then class order; beyond max_candidates only the highest-scoring are kept (on equal scores the earlier
-// pair), still in that order. Then class-aware NMS, and at most max_det detections, highest score first.
+// probabilities. Candidates: with multi_label, every (anchor, class) pair with probability > conf (NaN never
+// is); otherwise each anchor's best class (the first on ties) when its probability > conf: one box per
+// defect. In anchor then class order; beyond max_candidates only the highest-scoring are kept (on equal scores
+// the earlier pair), still in that order. Then NMS, class-aware unless `agnostic`, and at most max_det
+// detections, highest score first.
 Decoded decode_detections(const float* raw, int64_t anchors, int64_t width, float conf, float iou_threshold,
-                          int64_t max_candidates, int64_t max_det);
+                          int64_t max_candidates, int64_t max_det, bool multi_label, bool agnostic);
 
 }  // namespace dde

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -95,11 +96,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from diffdefect_edge.sources import SourceError, open_source
 
     outputs = LoopOutputs(save=args.save, jsonl=args.jsonl, db=args.db, crops=args.crops, show=args.show,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, resume=args.resume)
     try:
         detector = Detector(args.model, backend=args.backend, device=args.device, precision=args.precision,
                             conf=args.conf, iou=args.iou, mode=args.mode, num_threads=args.threads,
-                            trusted_keys=args.trusted_key)
+                            trusted_keys=args.trusted_key, tile=args.tile)
         source = open_source(args.source)
     except (PackageError, BackendError, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -129,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         detector.close()
     if received:
         summary.stopped_by = f"signal ({received[0]})"
-    print(json.dumps(summary_dict(summary)) if args.summary_json else f"summary: {summary.to_text()}")
+    print(json.dumps(summary_dict(summary), allow_nan=False) if args.summary_json else f"summary: {summary.to_text()}")
     return 0
 
 
@@ -196,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "latency on a live camera)")
     p.add_argument("--conf", type=float, help="score threshold (default: the package's)")
     p.add_argument("--iou", type=float, help="NMS IoU threshold (default: the package's)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --save / --jsonl / --db files")
+    p.add_argument("--resume", action="store_true", help="after a crash: append to the existing --jsonl and --db "
+                   "under a new run id")
+    p.add_argument("--tile", type=int, help="slice frames larger than this (pixels) into overlapping tiles")
     p.add_argument("--summary-json", action="store_true", help="print the final summary as one JSON object")
     _add_threads_argument(p)
     _add_trusted_key_argument(p)
@@ -214,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PackageError, BackendError) as exc:  # a bad package, key or runtime: one line, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `diffdefect-edge info --json | head`: the reader left, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail on the closed pipe again
+        return 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS inspections (
     timestamp    REAL NOT NULL,
     latency_ms   REAL,
     num_defects  INTEGER NOT NULL,
-    detections   TEXT NOT NULL
+    detections   TEXT NOT NULL,
+    source_ref   TEXT
 );
 CREATE TABLE IF NOT EXISTS defects (
     id             INTEGER PRIMARY KEY,
@@ -58,6 +59,9 @@ class InspectionLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process; fsync at checkpoints
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(inspections)")}
+            if "source_ref" not in columns:  # a log written before frames carried their source
+                self._db.execute("ALTER TABLE inspections ADD COLUMN source_ref TEXT")
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"--db {self.path}: not a usable SQLite database ({exc})") from None
         cur = self._db.execute("INSERT INTO runs (started_at, source, model, backend) VALUES (?, ?, ?, ?)",
@@ -65,7 +69,7 @@ class InspectionLog:
         self.run_id = int(cur.lastrowid)
 
     def record(self, frame_index: int, timestamp: float, detections: Detections,
-               crop_paths: list[str] | None = None) -> None:
+               crop_paths: list[str] | None = None, source_ref: dict | None = None) -> None:
         """Commit one frame's defects (frames without any are not recorded)."""
         if len(detections) == 0:
             return
@@ -73,10 +77,10 @@ class InspectionLog:
         with self._db:  # one transaction: the inspection and its defects land together or not at all
             self._db.execute("BEGIN")
             cur = self._db.execute(
-                "INSERT INTO inspections (run_id, frame_index, timestamp, latency_ms, num_defects, detections) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO inspections (run_id, frame_index, timestamp, latency_ms, num_defects, detections, "
+                "source_ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (self.run_id, frame_index, timestamp, detections.meta.get("latency_ms"), len(detections),
-                 json.dumps(payload["detections"])))
+                 json.dumps(payload["detections"]), json.dumps(source_ref) if source_ref else None))
             inspection_id = cur.lastrowid
             paths = crop_paths or [None] * len(detections)
             self._db.executemany(

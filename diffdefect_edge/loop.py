@@ -8,6 +8,8 @@ when ``stop`` is set (the command sets it on SIGINT/SIGTERM), and always closes 
 from __future__ import annotations
 
 import json
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +35,11 @@ class LoopOutputs:
 
     save: Path | None = None  # annotated video (.mp4 / .avi)
     jsonl: Path | None = None  # one JSON line per frame
-    db: Path | None = None  # SQLite inspection log (appends; one run row per call)
+    db: Path | None = None  # SQLite inspection log (one run row per call)
     crops: Path | None = None  # one image per detected defect
     show: bool = False  # an OpenCV window (needs opencv-python, not the headless wheel)
-    overwrite: bool = False
+    overwrite: bool = False  # replace existing --save / --jsonl / --db
+    resume: bool = False  # append to an existing --jsonl and --db under a new run id (after a crash)
 
 
 @dataclass
@@ -53,12 +56,15 @@ class LoopSummary:
     reconnects: int
     unreadable: int
     stopped_by: str  # "end of source", "max frames", "signal", "window closed"
+    unhealthy: int = 0  # frames outside the camera-health bounds: flagged, not inspected
+    run_id: int = 0
 
     def to_text(self) -> str:
         return (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps); latency p50 "
                 f"{self.latency_p50_ms:.2f} ms, p95 {self.latency_p95_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms; "
                 f"{self.frames_with_defects} frames with defects ({self.defects} defects); dropped {self.dropped}, "
-                f"reconnects {self.reconnects}, unreadable {self.unreadable}; stopped: {self.stopped_by}")
+                f"reconnects {self.reconnects}, unreadable {self.unreadable}, unhealthy {self.unhealthy}; "
+                f"stopped: {self.stopped_by}")
 
 
 def draw_overlay(frame: np.ndarray, detections: Detections, fps: float, latency_ms: float) -> np.ndarray:
@@ -87,8 +93,9 @@ def save_crops(frame: np.ndarray, detections: Detections, folder: Path, prefix: 
 
 
 def _paced(frames: Iterator[np.ndarray], max_fps: float | None, stop: threading.Event, max_frames: int | None,
-           timestamps: list[float]) -> Iterator[np.ndarray]:
-    """Frames until stop/max_frames, at most ``max_fps`` per second; records each frame's grab time."""
+           timestamps: list[float], identities: list[dict], source: FileSource | LiveSource) -> Iterator[np.ndarray]:
+    """Frames until stop/max_frames, at most ``max_fps`` per second; records each frame's grab time and where it
+    came from (read here, as each frame is taken: throughput mode reads ahead of the results)."""
     period = 1.0 / max_fps if max_fps else 0.0
     next_due = time.perf_counter()
     for index, frame in enumerate(frames):
@@ -100,7 +107,22 @@ def _paced(frames: Iterator[np.ndarray], max_fps: float | None, stop: threading.
                 return
             next_due = max(next_due + period, time.perf_counter() - period)
         timestamps.append(time.time())
+        identities.append(dict(source.identity))
         yield frame
+
+
+def _next_jsonl_run(outputs: LoopOutputs) -> int:
+    """One more than the highest run id in an existing JSONL being resumed (1 for a new one)."""
+    if not outputs.resume or outputs.jsonl is None or not outputs.jsonl.is_file():
+        return 1
+    last = 0
+    with outputs.jsonl.open() as f:
+        for line in f:
+            try:
+                last = max(last, int(json.loads(line).get("run_id", 0)))
+            except (ValueError, AttributeError, TypeError):  # a line cut by the crash: skipped
+                continue
+    return last + 1
 
 
 class _Writers:
@@ -108,19 +130,40 @@ class _Writers:
 
     def __init__(self, outputs: LoopOutputs, detector: Detector, source_name: str) -> None:
         self.outputs = outputs
-        for flag, path in (("--save", outputs.save), ("--jsonl", outputs.jsonl)):
-            if path is not None and path.exists() and not outputs.overwrite:
-                raise FileExistsError(f"{flag} {path}: exists; pass --overwrite to replace it")
+        if outputs.overwrite and outputs.resume:
+            raise ValueError("--overwrite and --resume exclude each other: replace the logs, or append to them")
+        for flag, path, appendable in (("--save", outputs.save, False), ("--jsonl", outputs.jsonl, True),
+                                       ("--db", outputs.db, True)):
+            if path is None or not path.exists() or outputs.overwrite or (appendable and outputs.resume):
+                continue
+            if flag == "--db":
+                continue  # the inspection log always appends (a run row per call); --overwrite starts it anew
+            if flag == "--save" and outputs.resume:
+                raise FileExistsError(f"--save {path}: exists, and a video cannot be continued; give the resumed "
+                                      "run a new --save path")
+            raise FileExistsError(f"{flag} {path}: exists; pass --resume to append to it (after a crash) or "
+                                  "--overwrite to replace it")
+        if outputs.overwrite and outputs.db is not None and outputs.db.is_file():
+            for suffix in ("", "-wal", "-shm"):  # the JSONL is replaced too: the two logs never disagree
+                Path(str(outputs.db) + suffix).unlink(missing_ok=True)
         self.video: cv2.VideoWriter | None = None
         self.jsonl: IO[str] | None = None
         self.log: InspectionLog | None = None
         try:
-            if outputs.jsonl is not None:
-                outputs.jsonl.parent.mkdir(parents=True, exist_ok=True)
-                self.jsonl = outputs.jsonl.open("w")
             if outputs.db is not None:
                 self.log = InspectionLog(outputs.db, source_name, detector.package.path.name,
                                          detector.backend.describe()["backend"])
+            # one run id in both logs: the database's run row, else one past the last run in the JSONL
+            self.run_id = self.log.run_id if self.log is not None else _next_jsonl_run(outputs)
+            if outputs.jsonl is not None:
+                outputs.jsonl.parent.mkdir(parents=True, exist_ok=True)
+                self.jsonl = outputs.jsonl.open("a" if outputs.resume else "w")
+                if outputs.resume and self.jsonl.tell() > 0:
+                    with outputs.jsonl.open("rb") as f:
+                        f.seek(-1, os.SEEK_END)
+                        cut = f.read(1) != b"\n"
+                    if cut:  # the crash cut the last line: the next record starts on a line of its own
+                        self.jsonl.write("\n")
             if outputs.crops is not None:
                 outputs.crops.mkdir(parents=True, exist_ok=True)
             if outputs.show:
@@ -179,30 +222,36 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
     writers = _Writers(outputs, detector, name)
     latencies: list[float] = []
     timestamps: list[float] = []
-    frames_with_defects = defects = 0
+    identities: list[dict] = []
+    frames_with_defects = defects = unhealthy = 0
     fps_ema, stopped_by = 0.0, "end of source"
     try:
         detector.warmup(batch=batch)
         start = last = time.perf_counter()
-        frames = _paced(iter(source), max_fps, stop, max_frames, timestamps)
+        frames = _paced(iter(source), max_fps, stop, max_frames, timestamps, identities, source)
         for index, (frame, dets) in enumerate(detector.stream(frames, batch=batch)):
             now = time.perf_counter()
             fps_ema = 1.0 / max(now - last, 1e-6) if index == 0 else 0.9 * fps_ema + 0.1 / max(now - last, 1e-6)
             last = now
             latency = float(dets.meta.get("latency_ms", 0.0))
             latencies.append(latency)
+            inspected = dets.meta.get("inspected", True)
+            unhealthy += not inspected
             if len(dets):
                 frames_with_defects += 1
                 defects += len(dets)
-            crop_paths = (save_crops(frame, dets, outputs.crops, f"run{writers.log.run_id if writers.log else 0}"
-                                     f"_frame{index:07d}") if outputs.crops is not None and len(dets) else None)
+            crop_paths = (save_crops(frame, dets, outputs.crops, f"run{writers.run_id}_frame{index:07d}")
+                          if outputs.crops is not None and len(dets) else None)
             if writers.jsonl is not None:
-                record = {"frame": index, "timestamp": round(timestamps[index], 6), "latency_ms": latency,
+                record = {"run_id": writers.run_id, "frame": index, "timestamp": round(timestamps[index], 6),
+                          "source": identities[index], "latency_ms": latency, "inspected": inspected,
                           "detections": dets.to_dict()["detections"]}
-                writers.jsonl.write(json.dumps(record) + "\n")
+                if "health" in dets.meta:
+                    record["health"] = dets.meta["health"]
+                writers.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
                 writers.jsonl.flush()
             if writers.log is not None:
-                writers.log.record(index, timestamps[index], dets, crop_paths)
+                writers.log.record(index, timestamps[index], dets, crop_paths, identities[index])
             if on_result is not None:
                 on_result(index, frame, dets)
             if outputs.save is not None or outputs.show:
@@ -226,8 +275,11 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
                        latency_p50_ms=percentile(latencies, 0.50), latency_p95_ms=percentile(latencies, 0.95),
                        latency_p99_ms=percentile(latencies, 0.99), frames_with_defects=frames_with_defects,
                        defects=defects, dropped=source.stats.dropped, reconnects=source.stats.reconnects,
-                       unreadable=source.stats.failures, stopped_by=stopped_by)
+                       unreadable=source.stats.failures, stopped_by=stopped_by, unhealthy=unhealthy,
+                       run_id=writers.run_id)
 
 
 def summary_dict(summary: LoopSummary) -> dict:
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(summary).items()}
+    """The summary as strict JSON values (a latency of a run with no frame is None, not NaN)."""
+    return {k: ((round(v, 3) if math.isfinite(v) else None) if isinstance(v, float) else v)
+            for k, v in asdict(summary).items()}

@@ -54,11 +54,14 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, io
 
 
 def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: int = 3000,
-                      max_det: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      max_det: int = 300, multi_label: bool = False, agnostic: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's raw output (A, 4 + C) -> (boxes xyxy canvas px, scores, class ids) after NMS.
 
-    Multi-label: an anchor may yield one box per class whose probability exceeds ``conf``. Beyond
-    ``max_candidates`` only the highest-scoring (anchor, class) pairs go to NMS; at most ``max_det`` are kept.
+    By default each anchor yields at most one box, of its best class (one box per defect, as a line wants);
+    ``multi_label`` yields one per class whose probability exceeds ``conf`` (what mAP evaluation uses);
+    ``agnostic`` lets boxes of different classes suppress each other. Beyond ``max_candidates`` only the
+    highest-scoring (anchor, class) pairs go to NMS; at most ``max_det`` are kept.
     One call into the compiled extension (csrc/nms.cpp), so that the postprocessing of the usual frame on a
     line (no defect) stays far below the inference (docs/benchmarks.md).
     """
@@ -68,4 +71,4 @@ def decode_detections(raw: np.ndarray, conf: float, iou: float, max_candidates: 
     if len(raw) == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
     return _kernels.decode_detections(np.ascontiguousarray(raw, np.float32), float(conf), float(iou),
-                                      int(max_candidates), int(max_det))
+                                      int(max_candidates), int(max_det), bool(multi_label), bool(agnostic))

@@ -99,15 +99,20 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE,
     return writer.write(image), writer.placement
 
 
+COLOR_ORDERS = ("bgr", "rgb", "bgra", "rgba", "gray")
+
+
 def to_bgr(frame: object, color: str = "bgr", name: str = "frame") -> np.ndarray:
     """Check a frame and return it as a C-contiguous BGR uint8 (H, W, 3) array.
 
-    Accepts BGR (or RGB with ``color="rgb"``) uint8 (H, W, 3), gray (H, W) or (H, W, 1), C-contiguous. Anything else raises
-    ValueError saying what was expected (the caller's frame is never modified).
+    Accepts uint8 (H, W, 3) BGR or RGB, (H, W, 4) BGRA or RGBA, and gray (H, W) or (H, W, 1); ``color`` names
+    the channel order (any case). A strided view (an ROI crop, a flipped frame) is copied once. Anything else
+    raises ValueError saying what was expected; the caller's frame is never modified.
     """
-    expected = "a uint8 numpy array of shape (H, W, 3) BGR, (H, W) or (H, W, 1) gray"
-    if color not in ("bgr", "rgb"):
-        raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
+    expected = "a uint8 numpy array of shape (H, W, 3) BGR, (H, W, 4) BGRA, (H, W) or (H, W, 1) gray"
+    order = color.lower() if isinstance(color, str) else color
+    if order not in COLOR_ORDERS:
+        raise ValueError(f"color must be one of {COLOR_ORDERS} (any case), got {color!r}")
     if frame is None:
         raise ValueError(f"{name} is None; expected {expected} (did the camera return no frame?)")
     if not isinstance(frame, np.ndarray):
@@ -118,18 +123,17 @@ def to_bgr(frame: object, color: str = "bgr", name: str = "frame") -> np.ndarray
         if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
             raise ValueError(f"{name} has NaN or infinite values (dtype {frame.dtype}); expected {expected}")
         raise ValueError(f"{name} has dtype {frame.dtype}; expected {expected}")
-    if not frame.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous (a view with strides {frame.strides}); pass "
-                         f"np.ascontiguousarray({name}) instead; expected {expected}")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 2:
         return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR)
-    if frame.ndim != 3 or frame.shape[2] != 3:
+    if frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise ValueError(f"{name} has shape {frame.shape}; expected {expected}")
-    if color == "rgb":
-        return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-    return frame
+    frame = np.ascontiguousarray(frame)  # no copy when it already is
+    four = frame.shape[2] == 4
+    if order in ("rgb", "rgba"):
+        return cv2.cvtColor(frame, cv2.COLOR_RGBA2BGR if four else cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR) if four else frame
 
 
 def normalize_nchw(canvases: np.ndarray, mean: list[float], std: list[float], rgb: bool = True) -> np.ndarray:

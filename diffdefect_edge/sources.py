@@ -32,7 +32,25 @@ class SourceStats:
     frames: int = 0
     dropped: int = 0
     reconnects: int = 0
-    failures: int = 0  # images that could not be read (skipped, logged)
+    failures: int = 0  # images that could not be read or were truncated (skipped, logged)
+
+
+def _truncated_jpeg(data: bytes) -> bool:
+    """A JPEG whose end-of-image marker is missing (a partial write or transfer): libjpeg would decode it with
+    grey rows and only a warning on stderr."""
+    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
+def read_image_file(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR frame, "") or (None, why it cannot be used)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror})"
+    if _truncated_jpeg(data):
+        return None, "truncated JPEG (no end-of-image marker)"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return (image, "") if image is not None else (None, "could not be decoded")
 
 
 class FileSource:
@@ -43,6 +61,8 @@ class FileSource:
     def __init__(self, source: str | Path) -> None:
         self.source = str(source)
         self.stats = SourceStats()
+        self.identity: dict = {}  # where the frame last yielded came from (its file, or its video frame index)
+        self.skipped: list[tuple[str, str]] = []  # (file, why) of the images that could not be used
         self.fps: float | None = None  # a video's frame rate, None for images
         path = Path(self.source)
         if any(ch in self.source for ch in "*?["):
@@ -69,22 +89,28 @@ class FileSource:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._images is not None:
-            for p in self._images:
-                image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            for number, p in enumerate(self._images):
+                image, problem = read_image_file(p)
                 if image is None:
                     self.stats.failures += 1
-                    log.warning("%s: could not be decoded, skipped", p)
+                    self.skipped.append((str(p), problem))
+                    log.warning("%s: %s, skipped", p, problem)
                     continue
                 self.stats.frames += 1
+                self.identity = {"path": str(p), "file_index": number}
                 yield image
             return
         cap = cv2.VideoCapture(str(self._video))
         try:
+            number = 0
             while True:
                 ok, frame = cap.read()
                 if not ok:
                     break
                 self.stats.frames += 1
+                self.identity = {"path": str(self._video), "video_frame": number,
+                                 "video_ms": round(float(cap.get(cv2.CAP_PROP_POS_MSEC)), 3)}
+                number += 1
                 yield frame
         finally:
             cap.release()
@@ -116,8 +142,12 @@ class LiveSource:
         self._max_reconnects = max_reconnects
         self._cond = threading.Condition()
         self._latest: np.ndarray | None = None
+        self._latest_identity: dict = {}
+        self.identity: dict = {}  # the frame last yielded: its grab number and grab time
+        self._grabbed = 0
         self._fresh = False
         self._stopped = False
+        self._wake = threading.Event()  # set by stop(): a reconnect backoff ends at once
         self._thread = threading.Thread(target=self._grab_loop, name=f"dde-grab-{source}", daemon=True)
         self._thread.start()
 
@@ -157,6 +187,9 @@ class LiveSource:
                         if self._fresh:
                             self.stats.dropped += 1  # the consumer did not take the previous one in time
                         self._latest, self._fresh = frame, True
+                        self._latest_identity = {"source": str(self.source), "grab_index": self._grabbed,
+                                                 "grabbed_at": round(time.time(), 6)}
+                        self._grabbed += 1
                         self._cond.notify_all()
                 cap.release()
             if self._stopped:
@@ -169,7 +202,7 @@ class LiveSource:
                 break
             self.stats.reconnects += 1
             log.warning("%s: source failed, reconnecting in %.1f s", self.source, delay)
-            time.sleep(delay)
+            self._wake.wait(delay)
             delay = min(delay * 2, self._backoff[1])
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -179,6 +212,7 @@ class LiveSource:
                 if not self._fresh:
                     return
                 frame, self._fresh = self._latest, False
+                self.identity = self._latest_identity
             self.stats.frames += 1
             yield frame
 
@@ -187,6 +221,7 @@ class LiveSource:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        self._wake.set()
 
     def close(self) -> None:
         self.stop()

@@ -78,12 +78,21 @@ def test_run_command_writes_jsonl_sqlite_crops_and_video(tiny_package: Path, lin
     cap = cv2.VideoCapture(str(out / "a.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
 
-    # a second run appends to the same database under a new run id; the JSONL file is not overwritten silently
+    # a second run is refused rather than mixed into the logs; --resume appends to both under a new run id,
+    # --overwrite replaces both: the JSONL and the database always hold the same runs
     assert cli_main(args[:-3] + ["--max-frames", "3"]) == 2
     assert "exists" in capsys.readouterr().err
     assert len(_jsonl(out / "r.jsonl")) == 12
-    assert cli_main(args[:-3] + ["--max-frames", "3", "--overwrite"]) == 0
+    assert cli_main(args[:-3] + ["--max-frames", "3", "--resume"]) == 2  # a video cannot be continued
+    assert "--save" in capsys.readouterr().err
+    resumed = [str(out / "b.mp4") if a == str(out / "a.mp4") else a for a in args[:-3]]
+    assert cli_main(resumed + ["--max-frames", "3", "--resume"]) == 0
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    assert len(_jsonl(out / "r.jsonl")) == 15
+    db.close()
+    assert cli_main(args[:-3] + ["--max-frames", "3", "--overwrite"]) == 0
+    with sqlite3.connect(out / "inspections.sqlite") as fresh:
+        assert fresh.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
     assert len(_jsonl(out / "r.jsonl")) == 3
 
 
@@ -263,3 +272,92 @@ def test_example_video_to_report(tiny_package: Path, line_video: Path, tmp_path:
     report = (out / "report.md").read_text()
     assert "16 frames" in report and "| class | defects |" in report
     assert (out / "annotated.mp4").stat().st_size > 0 and list(out.glob("best_*.png"))
+
+
+# ------------------------------------------------------------------ traceable, restart-safe records
+
+def _folder_with_bad_files(tiny_dataset: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    images = sorted((tiny_dataset / "JPEGImages").iterdir())[:4]
+    for i, p in enumerate(images):
+        (folder / f"{i * 2:03d}.jpg").write_bytes(p.read_bytes())
+    (folder / "001.jpg").write_bytes(images[0].read_bytes()[:400])  # truncated: no end-of-image marker
+    (folder / "003.jpg").write_bytes(b"not an image")
+    black = np.zeros((128, 128, 3), np.uint8)
+    cv2.imwrite(str(folder / "005.png"), black)  # a lens cap
+    return folder
+
+
+def test_records_carry_their_file_and_bad_files_are_counted(tiny_package: Path, tiny_dataset: Path,
+                                                            tmp_path: Path, capsys):
+    folder = _folder_with_bad_files(tiny_dataset, tmp_path)
+    jsonl, db = tmp_path / "r.jsonl", tmp_path / "r.sqlite"
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(folder), "--jsonl", str(jsonl), "--db",
+                     str(db), "--conf", "0.01", "--summary-json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["unreadable"] == 2 and summary["unhealthy"] == 1 and summary["frames"] == 5
+    records = _jsonl(jsonl)
+    names = [Path(r["source"]["path"]).name for r in records]
+    assert names == ["000.jpg", "002.jpg", "004.jpg", "005.png", "006.jpg"]  # frame k names its file
+    lens_cap = records[3]
+    assert lens_cap["inspected"] is False and lens_cap["detections"] == []
+    assert "underexposed" in lens_cap["health"]["problems"][0]
+    with sqlite3.connect(db) as conn:
+        refs = [json.loads(r[0])["path"] for r in conn.execute("SELECT source_ref FROM inspections")]
+    assert refs and all(Path(r).parent == folder for r in refs)
+
+
+def test_a_restart_appends_both_logs_under_a_new_run_id(tiny_package: Path, line_video: Path, tmp_path: Path,
+                                                        capsys):
+    jsonl, db = tmp_path / "r.jsonl", tmp_path / "r.sqlite"
+    args = ["run", "--model", str(tiny_package), "--source", str(line_video), "--jsonl", str(jsonl), "--db", str(db),
+            "--max-frames", "3", "--conf", "0.01"]
+    assert cli_main(args) == 0
+    with jsonl.open("a") as f:
+        f.write('{"run_id": 1, "frame": 3, "timest')  # the crash cut the last line
+    assert cli_main(args) == 2  # the same command refuses to clobber the logs ...
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(args + ["--resume"]) == 0  # ... and continues them
+    lines = jsonl.read_text().splitlines()
+    runs = [json.loads(line)["run_id"] for line in lines if line.endswith("}")]
+    assert runs == [1, 1, 1, 2, 2, 2]
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM runs ORDER BY id")] == [1, 2]
+        assert {r[0] for r in conn.execute("SELECT run_id FROM inspections")} <= {1, 2}
+    assert cli_main(args + ["--overwrite"]) == 0  # a fresh start replaces both
+    assert len(_jsonl(jsonl)) == 3
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    assert cli_main(args + ["--overwrite", "--resume"]) == 2
+
+
+def test_summary_json_is_strict_when_no_frame_ran(tiny_package: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "000.jpg").write_bytes(b"junk")
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(folder), "--summary-json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the summary"))
+    assert summary["frames"] == 0 and summary["latency_p50_ms"] is None
+
+
+def test_info_json_into_a_closed_pipe_exits_cleanly(tiny_package: Path):
+    proc = subprocess.run(f"{sys.executable} -m diffdefect_edge.cli info --json {tiny_package} | head -c 10",
+                          shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_stop_during_a_reconnect_backoff_is_quick():
+    class DeadCamera:
+        def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+            return False
+
+        def release(self) -> None:
+            pass
+
+    source = LiveSource("dead", open_capture=DeadCamera, backoff=(5.0, 10.0))
+    time.sleep(0.2)  # the grabber is now waiting out its 5 s backoff
+    start = time.perf_counter()
+    source.close()
+    assert time.perf_counter() - start < 0.5 and not source._thread.is_alive()

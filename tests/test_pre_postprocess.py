@@ -70,14 +70,26 @@ def test_boxes_are_clipped_to_the_frame():
     (np.zeros((0, 10, 3), np.uint8), "empty"),
     (np.zeros((10, 10, 3), np.float32), "dtype float32"),
     (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
-    (np.zeros((10, 10, 4), np.uint8), "shape"),
-    (np.zeros((10, 10, 3), np.uint8)[:, ::2], "not C-contiguous"),
+    (np.zeros((10, 10, 2), np.uint8), "shape"),
+    (np.zeros((10, 10, 5), np.uint8), "shape"),
     ([[1, 2]], "list"),
 ])
 def test_bad_frames_raise_value_error_saying_what_was_expected(frame, message):
     with pytest.raises(ValueError, match=message) as info:
         to_bgr(frame)
     assert "expected" in str(info.value)
+
+
+def test_views_bgra_and_colour_names_in_any_case():
+    frame = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    flipped, roi = frame[:, ::-1], frame[5:15, 10:25]
+    assert (to_bgr(flipped) == flipped).all() and to_bgr(flipped).flags.c_contiguous  # copied once
+    assert (to_bgr(roi) == roi).all()
+    bgra = np.dstack([frame, np.full((20, 30), 7, np.uint8)])
+    assert (to_bgr(bgra) == frame).all() and (to_bgr(bgra[..., [2, 1, 0, 3]], "RGBA") == frame).all()
+    assert (to_bgr(frame[..., ::-1], color="RGB") == frame).all() and (to_bgr(frame, "Bgr") == frame).all()
+    with pytest.raises(ValueError, match="color must be one of"):
+        to_bgr(frame, color="hsv")
 
 
 def test_gray_and_rgb_frames_become_bgr():
@@ -152,29 +164,45 @@ def test_decode_is_multi_label_thresholded_and_capped():
     raw[1, 4] = 0.85          # suppressed by anchor 0 (same class, same box)
     raw[2, 5] = 0.3
     raw[3, 4] = 0.1           # below threshold
-    boxes, scores, classes = decode_detections(raw, conf=0.25, iou=0.5)
+    boxes, scores, classes = decode_detections(raw, conf=0.25, iou=0.5, multi_label=True)
     assert scores.tolist() == pytest.approx([0.9, 0.8, 0.3])
     assert classes.tolist() == [0, 1, 1]
     assert decode_detections(raw, 0.25, 0.5, max_det=1)[1].tolist() == pytest.approx([0.9])
+    # by default one box per defect: anchor 0 keeps only its best class
+    boxes, scores, classes = decode_detections(raw, conf=0.25, iou=0.5)
+    assert scores.tolist() == pytest.approx([0.9, 0.3]) and classes.tolist() == [0, 1]
+    # class-agnostic NMS: a box of another class on the same spot is suppressed too
+    raw[1, 4:] = [0.0, 0.85]
+    assert decode_detections(raw, 0.25, 0.5)[2].tolist() == [0, 1, 1]
+    assert decode_detections(raw, 0.25, 0.5, agnostic=True)[2].tolist() == [0, 1]
     with pytest.raises(ValueError, match="A, 4 \\+ C"):
         decode_detections(raw[:, :4], 0.25, 0.5)
 
 
-def _reference_decode(raw, conf, iou, max_candidates, max_det):
-    """The decode rule in numpy: (anchor, class) pairs above conf in row-major order, the top max_candidates by
-    (score, earlier pair) kept in that order, then the one-box-at-a-time NMS reference."""
-    anchors, classes = np.nonzero(raw[:, 4:] > conf)
+def _reference_decode(raw, conf, iou, max_candidates, max_det, multi_label=True, agnostic=False):
+    """The decode rule in numpy: (anchor, class) pairs above conf in row-major order (each anchor's best class
+    unless multi_label), the top max_candidates by (score, earlier pair) kept in that order, then the
+    one-box-at-a-time NMS reference (all boxes one class when agnostic)."""
+    if multi_label:
+        anchors, classes = np.nonzero(raw[:, 4:] > conf)
+    else:
+        probs = np.where(np.isnan(raw[:, 4:]), -np.inf, raw[:, 4:])
+        best = probs.argmax(1)
+        anchors = np.nonzero(probs[np.arange(len(raw)), best] > conf)[0]
+        classes = best[anchors]
     scores = raw[anchors, 4 + classes]
     if len(scores) > max_candidates:
         top = np.sort(np.lexsort((np.arange(len(scores)), -scores))[:max_candidates])
         anchors, classes, scores = anchors[top], classes[top], scores[top]
     boxes = raw[anchors, :4]
-    keep = np.asarray(greedy_nms_reference(boxes, scores, classes, iou), np.int64)[:max_det]
+    nms_classes = np.zeros_like(classes) if agnostic else classes
+    keep = np.asarray(greedy_nms_reference(boxes, scores, nms_classes, iou), np.int64)[:max_det]
     return boxes[keep], scores[keep], classes[keep]
 
 
+@pytest.mark.parametrize("multi_label, agnostic", [(True, False), (False, False), (False, True), (True, True)])
 @pytest.mark.parametrize("seed", range(8))
-def test_decode_equals_the_numpy_rule(seed):
+def test_decode_equals_the_numpy_rule(seed, multi_label, agnostic):
     rng = np.random.default_rng(seed)
     anchors, classes = int(rng.integers(1, 400)), int(rng.integers(1, 7))
     xy = rng.uniform(0, 150, (anchors, 2)).astype(np.float32)
@@ -183,8 +211,9 @@ def test_decode_equals_the_numpy_rule(seed):
     raw[rng.random(anchors) < 0.05, 4] = np.nan  # a NaN probability is never above conf
     conf, iou = float(rng.choice([0.001, 0.25, 0.6])), float(rng.choice([0.3, 0.5, 0.7]))
     max_candidates, max_det = int(rng.choice([5, 50, 3000])), int(rng.choice([0, 3, 300]))
-    got = decode_detections(raw, conf, iou, max_candidates=max_candidates, max_det=max_det)
-    expected = _reference_decode(raw, conf, iou, max_candidates, max_det)
+    got = decode_detections(raw, conf, iou, max_candidates=max_candidates, max_det=max_det, multi_label=multi_label,
+                            agnostic=agnostic)
+    expected = _reference_decode(raw, conf, iou, max_candidates, max_det, multi_label, agnostic)
     for g, e, dtype in zip(got, expected, (np.float32, np.float32, np.int64)):
         assert g.dtype == dtype
         np.testing.assert_array_equal(g, e.astype(dtype))

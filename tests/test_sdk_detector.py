@@ -36,7 +36,7 @@ def _same(a: Detections, b: Detections) -> bool:
 
 @pytest.mark.parametrize("bad", [None, np.zeros((0, 0, 3), np.uint8), np.zeros((64, 64, 3), np.float32),
                                  np.full((64, 64, 3), np.nan, np.float32), np.zeros((64, 64, 2), np.uint8),
-                                 np.zeros((64, 128, 3), np.uint8)[:, ::2], "frame.png"])
+                                 "no-such-frame.png", 3.5])
 def test_bad_frames_raise_and_the_detector_stays_usable(detector: Detector, frames, bad):
     with pytest.raises(ValueError, match="expected"):
         detector(bad)

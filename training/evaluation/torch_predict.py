@@ -43,7 +43,7 @@ def predict_records(model: DefectDetector, records: list[Record], input_size: in
         out = forward(model, x, chunk) if forward is not None else model(x)
         raw = model.decode(out, input_size).float().cpu().numpy()
         for offset, (lb, raw_one) in enumerate(zip(boxes_maps, raw)):
-            boxes, scores, classes = decode_detections(raw_one, conf, iou)
+            boxes, scores, classes = decode_detections(raw_one, conf, iou, multi_label=True)
             boxes = lb.boxes_to_frame(boxes)
             preds += [Prediction(start + offset, int(c), tuple(float(v) for v in b), float(s))
                       for b, s, c in zip(boxes, scores, classes)]
