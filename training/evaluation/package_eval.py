@@ -84,8 +84,9 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
                 continue
             key = f"{backend}/{m.precision}"
             try:
+                # mAP protocol: multi-label boxes at a very low threshold, and every image inspected
                 det = Detector(pkg, backend=backend, precision=m.precision, conf=EVAL_CONF, iou=EVAL_IOU,
-                               num_threads=thread_budget())
+                               num_threads=thread_budget(), multi_label=True, health=None)
             except BackendError as exc:
                 log.warning("skipping %s: %s", key, exc)
                 continue
