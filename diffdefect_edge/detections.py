@@ -35,6 +35,22 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A part's decision: ``OK``, ``NG`` (a defect at or above its class's threshold) or ``NOT_INSPECTED``
+    (the frame failed the camera-health check), with the reasons."""
+
+    status: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": list(self.reasons)}
+
+
 @dataclass
 class Detections:
     """Detections of one frame. Empty detections are a normal value (``len(d) == 0``), never None.
@@ -53,6 +69,7 @@ class Detections:
     meta: dict[str, Any] = field(default_factory=dict)
     box_masks: BoxMasks | None = None
     speed: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # per-class NG thresholds (calibration)
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -83,7 +100,7 @@ class Detections:
         conversions and checks of ``__init__``, which are a visible share of a frame's postprocessing."""
         out = cls.__new__(cls)
         out.xyxy, out.scores, out.class_ids, out.names = xyxy, scores, class_ids, names
-        out.masks, out.meta, out.box_masks, out.speed = None, meta, box_masks, {}
+        out.masks, out.meta, out.box_masks, out.speed, out.thresholds = None, meta, box_masks, {}, {}
         return out
 
     def __len__(self) -> int:
@@ -104,7 +121,8 @@ class Detections:
             raise IndexError(f"boolean filter has length {len(idx)}, detections have {len(self)}")
         return Detections(self.xyxy[idx], self.scores[idx], self.class_ids[idx], self.names,
                           None if self.masks is None else self.masks[idx], dict(self.meta),
-                          None if self.box_masks is None else self.box_masks.subset(idx), dict(self.speed))
+                          None if self.box_masks is None else self.box_masks.subset(idx), dict(self.speed),
+                          dict(self.thresholds))
 
     def __eq__(self, other: object) -> bool:
         """Same boxes, scores, classes and class names (masks, timing and meta are not compared)."""
@@ -128,6 +146,22 @@ class Detections:
     @property
     def area(self) -> np.ndarray:
         return (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+
+    @property
+    def verdict(self) -> Verdict:
+        """NG when a detection scores at or above its class's threshold (the package's calibrated one, else any
+        detection counts), NOT_INSPECTED for a frame that failed the camera-health check, else OK."""
+        if self.meta.get("inspected") is False:
+            problems = (self.meta.get("health") or {}).get("problems") or ["not inspected"]
+            return Verdict("NOT_INSPECTED", tuple(problems))
+        reasons = []
+        for box, score, _, name in self:
+            limit = self.thresholds.get(name)
+            if limit is None or score >= limit:
+                x1, y1, x2, y2 = (round(float(v)) for v in box)
+                at = f" >= {limit:.3f}" if limit is not None else ""
+                reasons.append(f"{name} {score:.3f}{at} at [{x1}, {y1}, {x2}, {y2}]")
+        return Verdict("NG", tuple(reasons)) if reasons else Verdict("OK")
 
     def mask(self, i: int) -> np.ndarray:
         """Detection i's full-frame (H, W) bool mask, pasted on demand."""
@@ -157,6 +191,7 @@ class Detections:
             out["meta"] = self.meta
         if self.speed:
             out["speed"] = self.speed
+        out["verdict"] = self.verdict.to_dict()
         return _strict_json(out)
 
     def to_json(self) -> str:

@@ -137,6 +137,9 @@ class Detector:
         self.options = Options(defaults.conf, defaults.iou, defaults.max_det, False, bool(multi_label),
                                bool(agnostic_nms)).with_overrides(conf, iou, max_det, masks)
         self.mode, self.precision, self.health = mode, precision, health
+        calibration = self.package.meta.calibration
+        # per-class NG thresholds of a calibrated package (Detections.verdict); an uncalibrated one: any detection
+        self.thresholds: dict[str, float] = dict(calibration.thresholds) if calibration is not None else {}
         self.names = tuple(self.package.class_names)
         self.input_size = self.package.input_size
         self.pad_value = self.package.meta.input.letterbox.pad_value
@@ -183,8 +186,10 @@ class Detector:
         xyxy = lb.boxes_to_frame(boxes) if len(boxes) else boxes
         box_masks = (self._box_masks(seg, lb, boxes, xyxy, class_ids)
                      if opt.masks and seg is not None and len(boxes) else None)
-        return Detections._from_checked(xyxy, scores, class_ids, self.names, box_masks,
-                                        meta if meta is not None else {})
+        out = Detections._from_checked(xyxy, scores, class_ids, self.names, box_masks,
+                                       meta if meta is not None else {})
+        out.thresholds = self.thresholds
+        return out
 
     def _box_masks(self, seg: np.ndarray, lb: Letterbox, canvas_boxes: np.ndarray, xyxy: np.ndarray,
                    class_ids: np.ndarray) -> BoxMasks:
@@ -264,6 +269,7 @@ class Detector:
         keep = keep[:options.max_det]
         out = Detections._from_checked(boxes[keep], scores[keep], ids[keep], self.names, None,
                                        {"tiles": len(origins), "tile": tile})
+        out.thresholds = self.thresholds
         out.speed = _speed(start, t_prep, t_infer, time.perf_counter())
         return out
 

@@ -58,13 +58,15 @@ class LoopSummary:
     stopped_by: str  # "end of source", "max frames", "signal", "window closed"
     unhealthy: int = 0  # frames outside the camera-health bounds: flagged, not inspected
     run_id: int = 0
+    ok: int = 0  # verdicts
+    ng: int = 0
 
     def to_text(self) -> str:
         return (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps); latency p50 "
                 f"{self.latency_p50_ms:.2f} ms, p95 {self.latency_p95_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms; "
                 f"{self.frames_with_defects} frames with defects ({self.defects} defects); dropped {self.dropped}, "
                 f"reconnects {self.reconnects}, unreadable {self.unreadable}, unhealthy {self.unhealthy}; "
-                f"stopped: {self.stopped_by}")
+                f"verdicts OK {self.ok}, NG {self.ng}; stopped: {self.stopped_by}")
 
 
 def draw_overlay(frame: np.ndarray, detections: Detections, fps: float, latency_ms: float) -> np.ndarray:
@@ -223,7 +225,7 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
     latencies: list[float] = []
     timestamps: list[float] = []
     identities: list[dict] = []
-    frames_with_defects = defects = unhealthy = 0
+    frames_with_defects = defects = unhealthy = ok = ng = 0
     fps_ema, stopped_by = 0.0, "end of source"
     try:
         detector.warmup(batch=batch)
@@ -237,6 +239,9 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
             latencies.append(latency)
             inspected = dets.meta.get("inspected", True)
             unhealthy += not inspected
+            verdict = dets.verdict
+            ok += verdict.status == "OK"
+            ng += verdict.status == "NG"
             if len(dets):
                 frames_with_defects += 1
                 defects += len(dets)
@@ -245,7 +250,7 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
             if writers.jsonl is not None:
                 record = {"run_id": writers.run_id, "frame": index, "timestamp": round(timestamps[index], 6),
                           "source": identities[index], "latency_ms": latency, "inspected": inspected,
-                          "detections": dets.to_dict()["detections"]}
+                          "verdict": verdict.to_dict(), "detections": dets.to_dict()["detections"]}
                 if "health" in dets.meta:
                     record["health"] = dets.meta["health"]
                 writers.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
@@ -276,7 +281,7 @@ def run_loop(detector: Detector, source: FileSource | LiveSource, outputs: LoopO
                        latency_p99_ms=percentile(latencies, 0.99), frames_with_defects=frames_with_defects,
                        defects=defects, dropped=source.stats.dropped, reconnects=source.stats.reconnects,
                        unreadable=source.stats.failures, stopped_by=stopped_by, unhealthy=unhealthy,
-                       run_id=writers.run_id)
+                       run_id=writers.run_id, ok=ok, ng=ng)
 
 
 def summary_dict(summary: LoopSummary) -> dict:

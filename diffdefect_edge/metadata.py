@@ -134,6 +134,17 @@ class OutputSpec(_Strict):
     decode: Text = ""
 
 
+class Calibration(_Strict):
+    """Per-class decision thresholds for OK / NG, picked on a labelled set (``python -m training calibrate``)."""
+
+    thresholds: dict[Name, Annotated[Finite, Field(gt=0, le=1)]]
+    rule: Literal["target_recall", "max_false_alarm"]
+    target: Finite = Field(gt=0, le=1)
+    images: int = Field(ge=1)
+    defect_free_images: int = Field(ge=0)
+    dataset: Text = ""
+
+
 class PackageMetadata(_Strict):
     format: Literal["diffdefect-edge-package"]
     format_version: Literal[2]
@@ -147,7 +158,8 @@ class PackageMetadata(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1, max_length=16)
     files: dict[RelPath, FileEntry] = Field(max_length=256)
     provenance: dict[str, Any] = Field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+    sample_image: RelPath | None = None  # a real frame for benchmarks (diffdefect-edge bench)
 
     @model_validator(mode="after")
     def _consistent(self) -> PackageMetadata:
@@ -163,6 +175,12 @@ class PackageMetadata(_Strict):
                              f"({self.output.num_anchors}), 4 + classes]")
         if (self.task == "detect+seg") != (self.output.segmentation is not None):
             raise ValueError(f"task {self.task!r} does not match output.segmentation")
+        if self.calibration is not None:
+            unknown = set(self.calibration.thresholds) - set(self.class_names)
+            if unknown:
+                raise ValueError(f"calibration.thresholds names classes the model does not have: {sorted(unknown)}")
+        if self.sample_image is not None and self.sample_image not in self.files:
+            raise ValueError(f"sample_image {self.sample_image!r} is not listed in files with a checksum")
         for i, m in enumerate(self.models):
             for rel in (m.file, *m.extra_files):
                 if rel not in self.files:

@@ -33,7 +33,7 @@ from diffdefect_edge.metadata import (
 )
 
 __all__ = ["FORMAT_VERSION", "METADATA_FILE", "PACKAGE_FORMAT", "SIGNATURE_FILE", "ModelFile", "ModelPackage",
-           "PackageError", "load_package", "read_package_file", "sha256_file", "write_package"]
+           "PackageError", "load_package", "read_package_file", "sha256_file", "update_metadata", "write_package"]
 
 METADATA_FILE = "metadata.json"
 SIGNATURE_FILE = "signature.json"
@@ -226,3 +226,28 @@ def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_package(out_dir)
+
+
+def update_metadata(path: str | Path, changes: dict[str, Any], sign_key: str | Path | None = None) -> ModelPackage:
+    """Replace top-level metadata fields of an existing package (validated first, written atomically).
+
+    A signed package stays signed only with ``sign_key``: without it the change is refused, so that a package
+    is never silently left unsigned."""
+    path = Path(path)
+    package = load_package(path)
+    signed = (path / SIGNATURE_FILE).exists()
+    if signed and sign_key is None:
+        raise PackageError(path, "is signed: pass the signing key to renew the signature after this change")
+    data = json.dumps({**package.metadata, **changes}, indent=1, allow_nan=False).encode()
+    try:
+        parse_metadata(data)
+    except MetadataError as exc:
+        raise PackageError(path / METADATA_FILE, f"metadata {exc}") from None
+    tmp = path / f".{METADATA_FILE}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path / METADATA_FILE)
+    if sign_key is not None:
+        from diffdefect_edge.signing import sign_package
+
+        sign_package(path, sign_key)
+    return load_package(path)

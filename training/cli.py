@@ -122,6 +122,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.evaluation.calibration import calibrate_package, render
+
+    rule, target = (("target_recall", args.target_recall) if args.target_recall is not None
+                    else ("max_false_alarm", args.max_false_alarm))
+    summary = calibrate_package(args.package, args.data, rule, target, split_file=args.split, subset=args.subset,
+                                sign_key=args.sign, write=not args.dry_run)
+    text = render(summary)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    if not args.dry_run:
+        print(f"thresholds written into {args.package}")
+    return 0
+
+
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     """--config, --set and --data: what every command that runs a config takes."""
     p.add_argument("--config", required=True)
@@ -206,6 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=int, default=50)
     _add_threads_argument(p)
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("calibrate", help="pick per-class OK/NG thresholds on a labelled set, write them into a "
+                                         "package")
+    p.add_argument("--package", required=True)
+    p.add_argument("--data", required=True, help="labelled dataset folder (any supported format)")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--target-recall", type=float, metavar="R", help="per class, the highest threshold that "
+                      "finds this fraction of its defects")
+    rule.add_argument("--max-false-alarm", type=float, metavar="F", help="at most this fraction of defect-free "
+                      "images called NG")
+    p.add_argument("--split", help="split.json (from a run's data stage) to calibrate on one subset")
+    p.add_argument("--subset", default="val")
+    p.add_argument("--sign", metavar="KEY.pem", help="renew the package's signature with this key")
+    p.add_argument("--out", help="also write the calibration table (markdown) here")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    _add_threads_argument(p)
+    p.set_defaults(func=_cmd_calibrate)
     return parser
 
 
