@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt CMakeLists.txt
 	$(PY) -m pip install --upgrade pip
 	# torch is pinned to the 2.13 CPU build by constraints.txt; the editable install compiles csrc/
 	# DDE_BUILD_TESTING: also the test-only module _dde_gpu_emulation (never in a wheel)
-	DDE_BUILD_TESTING=ON $(PY) -m pip install -c constraints.txt -e ".[train,ort,sign,dev]"
+	DDE_BUILD_TESTING=ON $(PY) -m pip install -c constraints.txt -e ".[train,ort,sign,supervision,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -60,10 +60,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffdefect_edge.backends import BACKEND_FOR_FILE, BackendError
-    from diffdefect_edge.detector import MODES, Detector
+    from diffdefect_edge.detector import MODES, Detector, read_image
     from diffdefect_edge.package import load_package
 
     pkg = load_package(args.package, trusted_keys=args.trusted_key)
+    try:
+        frame = read_image(args.image) if args.image is not None else None
+    except ValueError as exc:
+        print(f"error: --image {exc}", file=sys.stderr)
+        return 2
     modes = args.modes.split(",")
     for mode in modes:
         if mode not in MODES:
@@ -79,7 +84,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             try:
                 with Detector(pkg, backend=backend, precision=m.precision, device=args.device, mode=mode,
                               num_threads=args.threads) as det:
-                    st = det.benchmark(runs=args.runs)
+                    st = det.benchmark(frame, runs=args.runs)
             except BackendError as exc:
                 print(f"{backend:12s} {m.precision:9s} {mode:10s} skipped: {exc}")
                 continue
@@ -100,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         detector = Detector(args.model, backend=args.backend, device=args.device, precision=args.precision,
                             conf=args.conf, iou=args.iou, mode=args.mode, num_threads=args.threads,
-                            trusted_keys=args.trusted_key, tile=args.tile)
+                            trusted_keys=args.trusted_key, tile=args.tile, cache_dir=args.cache_dir)
         source = open_source(args.source)
     except (PackageError, BackendError, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -170,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, action="append", metavar="PUB.pem", help="trusted PEM public key "
                    "(repeat for several)")
     p.set_defaults(func=_cmd_verify)
-    p = sub.add_parser("bench", help="latency table per backend, precision and mode on a 1280x720 frame")
+    p = sub.add_parser("bench", help="latency table per backend, precision and mode on the package's sample image "
+                                     "(a real frame), or --image")
     p.add_argument("package")
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--image", type=Path, help="time this image instead of the package's sample")
     p.add_argument("--modes", default="latency,throughput", help="comma-separated: latency, throughput")
     p.add_argument("--device", default="CPU")
     p.add_argument("--backends", help="comma-separated subset of openvino,onnxruntime")
@@ -191,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fps", type=float, help="read a file source no faster than this (replay at line rate)")
     p.add_argument("--backend", default="auto", choices=["auto", "openvino", "onnxruntime"])
     p.add_argument("--device", default="CPU")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "bf16", "auto"],
+                   help="model precision; bf16 / auto run the FP32 model in bf16 arithmetic (auto: where the CPU has it)")
+    p.add_argument("--cache-dir", type=Path, help="keep OpenVINO's compiled graphs here: a restart does not compile")
     p.add_argument("--mode", default="latency", choices=["latency", "throughput"])
     p.add_argument("--batch", type=int, help="frames per request in throughput mode (default 4; 1 for the least "
                                              "latency on a live camera)")

@@ -27,7 +27,7 @@ from diffdefect_edge.package import ModelPackage, load_package
 from diffdefect_edge.postprocess import batched_nms, decode_detections
 from diffdefect_edge.preprocess import CanvasWriter, Letterbox, letterbox, to_bgr
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16", "auto")  # bf16 / auto: the FP32 model in bf16 arithmetic
 MODES = ("latency", "throughput")
 # frames per request in throughput mode: a batch amortises the per-request overhead, which throughput mode is
 # for (the measured gain against batch 1 is in docs/benchmarks.md)
@@ -116,7 +116,7 @@ class Detector:
                  trusted_keys: Sequence[str | Path | bytes] | None = None, masks: bool | None = None,
                  multi_label: bool = False, agnostic_nms: bool = False,
                  health: HealthBounds | None = DEFAULT_HEALTH, tile: int | None = None,
-                 tile_overlap: float = 0.2) -> None:
+                 tile_overlap: float = 0.2, cache_dir: str | Path | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if mode not in MODES:
@@ -143,7 +143,8 @@ class Detector:
         self.names = tuple(self.package.class_names)
         self.input_size = self.package.input_size
         self.pad_value = self.package.meta.input.letterbox.pad_value
-        self.backend: Backend = create_backend(self.package, backend, device, precision, num_threads, mode)
+        self.backend: Backend = create_backend(self.package, backend, device, precision, num_threads, mode,
+                                               None if cache_dir is None else str(cache_dir))
         self._local = threading.local()  # per-thread canvas reused by __call__
 
     # the thresholds in use (read-only views of the options)
@@ -392,10 +393,10 @@ class Detector:
 
     def benchmark(self, frame: np.ndarray | None = None, runs: int = 100, warmup: int = 10) -> dict[str, float]:
         """Latency statistics (ms) of the raw model call on the prepared tensor and of the SDK end to end, and the
-        frames per second. Latency mode: ``det(frame)`` called ``runs`` times. Throughput mode: a stream of
+        frames per second, on ``frame`` (default: the package's sample image, a real frame). Latency mode: ``det(frame)`` called ``runs`` times. Throughput mode: a stream of
         ``runs`` frames, each frame's latency from its submission to its result."""
         if frame is None:
-            frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+            frame = self.sample_frame()
         canvas, _ = self.prepare(frame)
         tensor = self.backend.model_input(canvas[None])
         raw = self._timed(lambda: self.backend.infer_prepared(tensor), runs, warmup)
@@ -408,6 +409,17 @@ class Detector:
             end_to_end = self._timed(lambda: self(frame), runs, warmup)
             fps = 1e3 / statistics.fmean(end_to_end)
         return {**latency_stats(raw, "raw"), **latency_stats(end_to_end, "end_to_end"), "fps": fps}
+
+    def sample_frame(self) -> np.ndarray:
+        """The package's sample image (a real frame of its training data), or a mid-gray 1280x720 frame when the
+        package has none."""
+        rel = self.package.meta.sample_image
+        if rel is not None:
+            data = self.package.read_verified(rel)
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if frame is not None:
+                return frame
+        return np.full((720, 1280, 3), 128, np.uint8)
 
     @staticmethod
     def _timed(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:

@@ -184,3 +184,46 @@ def test_tiles_find_a_small_defect_the_full_frame_letterbox_misses(tiny_package:
     assert found(tiled), tiled
     assert tiled.meta["tiles"] >= 16
     assert (tiled.xyxy[:, 2] <= strip.shape[1] + 1).all()
+
+
+def test_bf16_and_auto_precision(tiny_package: Path, frames):
+    import openvino as ov
+
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with Detector(tiny_package, precision="fp32") as f32:
+        assert f32.backend.compute == "f32"
+        ref, _ = f32.backend.infer(np.stack([f32.prepare(f)[0] for f in frames]))
+    with Detector(tiny_package, precision="auto") as auto:
+        assert auto.backend.compute == ("bf16" if has_bf16 else "f32")
+    if not has_bf16:
+        with pytest.raises(Exception, match="needs a CPU with bf16"):
+            Detector(tiny_package, precision="bf16")
+        return
+    with Detector(tiny_package, precision="bf16") as bf16:
+        out, _ = bf16.backend.infer(np.stack([bf16.prepare(f)[0] for f in frames]))
+    # bf16 keeps 8 bits of mantissa: probabilities within a few hundredths of f32's
+    assert float(np.quantile(np.abs(out[..., 4:] - ref[..., 4:]), 0.99)) < 0.05
+    with pytest.raises(Exception, match="OpenVINO options"):
+        Detector(tiny_package, backend="onnxruntime", precision="bf16")
+
+
+def test_model_cache_directory(tiny_package: Path, frames, tmp_path: Path):
+    cache = tmp_path / "ov-cache"
+    with Detector(tiny_package, cache_dir=cache) as first:
+        ref = first(frames[0])
+    assert any(cache.iterdir())  # the compiled graph was kept
+    with Detector(tiny_package, cache_dir=cache) as second:  # loaded from the cache
+        assert second(frames[0]) == ref
+
+
+def test_bench_times_the_packages_sample_image(tiny_package: Path, capsys):
+    from diffdefect_edge import load_package
+    from diffdefect_edge.cli import main as sdk_main
+
+    meta = load_package(tiny_package).meta
+    assert meta.sample_image is not None and meta.sample_image in meta.files
+    with Detector(tiny_package) as d:
+        sample = d.sample_frame()
+        assert sample.shape[:2] != (720, 1280) and sample.std() > 5  # a real frame, not the gray fallback
+    assert sdk_main(["bench", str(tiny_package), "--runs", "3", "--modes", "latency", "--backends", "openvino"]) == 0
+    assert sdk_main(["bench", str(tiny_package), "--image", "missing.png"]) == 2

@@ -40,11 +40,22 @@ def resolve_backend(package: ModelPackage, backend: str, device: str, precision:
     raise BackendError(f"{package.path}: no OpenVINO or ONNX model in precision {precision!r}")
 
 
+# compute precisions that run the FP32 file: bf16 arithmetic (OpenVINO on CPUs with AVX-512 BF16 / AMX), or
+# "auto": bf16 where the CPU has it, else f32
+COMPUTE_PRECISIONS = ("bf16", "auto")
+
+
 def create_backend(package: ModelPackage, backend: str = "auto", device: str = "CPU", precision: str = "fp32",
-                   num_threads: int | None = None, mode: str = "latency") -> Backend:
-    name = resolve_backend(package, backend, device, precision)
+                   num_threads: int | None = None, mode: str = "latency", cache_dir: str | None = None) -> Backend:
+    file_precision = "fp32" if precision in COMPUTE_PRECISIONS else precision
+    name = resolve_backend(package, backend, device, file_precision)
+    if name != "openvino" and (precision in COMPUTE_PRECISIONS or cache_dir is not None):
+        raise BackendError(f"precision={precision!r} and cache_dir are OpenVINO options; the {name} backend has "
+                           "neither")
     cls = _backend_class(name)
-    model_file = package.model_file(FILE_KIND[name], precision)
+    model_file = package.model_file(FILE_KIND[name], file_precision)
+    if name == "openvino":
+        return cls(package, model_file, device, num_threads, mode, compute=precision, cache_dir=cache_dir)
     return cls(package, model_file, device, num_threads, mode)
 
 

@@ -9,6 +9,7 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,14 +96,24 @@ class OpenVINOBackend(Backend):
     GRAPHS = 4  # compiled batch sizes kept; the least recently used is dropped
 
     def __init__(self, package: ModelPackage, model_file: ModelFile, device: str = "CPU",
-                 num_threads: int | None = None, mode: str = "latency") -> None:
+                 num_threads: int | None = None, mode: str = "latency", compute: str = "fp32",
+                 cache_dir: str | None = None) -> None:
         super().__init__(package, model_file, device.upper(), num_threads, mode)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT" if mode == "throughput" else "LATENCY"}
+        self.compute = "f32"
         if self.device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = thread_budget(num_threads)
+            has_bf16 = "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if compute == "bf16" and not has_bf16:
+                raise BackendError("precision='bf16' needs a CPU with bf16 arithmetic (AVX-512 BF16 or AMX); this "
+                                   "one has none: use 'fp32' or 'auto'")
             if model_file.precision == "fp32":
-                # CPUs with bf16/AMX would otherwise run an FP32 model in bf16
-                config["INFERENCE_PRECISION_HINT"] = "f32"
+                # FP32 asked for runs in f32: OpenVINO would otherwise pick bf16 on CPUs that have it
+                self.compute = "bf16" if compute == "bf16" or (compute == "auto" and has_bf16) else "f32"
+                config["INFERENCE_PRECISION_HINT"] = self.compute
+        if cache_dir is not None:  # compiled graphs kept on disk: a restarted line does not compile again
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
         self._config = config
         # the IR as verified against the package's checksums, read once: OpenVINO reads it from memory, so what
         # runs is exactly what was checked, whatever happens to the files afterwards

@@ -72,6 +72,24 @@ def calibration_canvases(run_dir: Path, count: int, input_size: int, data_overri
                      for r in tqdm(picked, desc="export: calibration images", leave=False, mininterval=1.0)])
 
 
+def pick_sample_image(run_dir: Path, data_override: str | Path | None = None) -> Path | None:
+    """A real image of the run's validation split (else training) for the package's benchmarks; None when the
+    run's data is not at hand."""
+    info = json.loads((run_dir / "dataset.json").read_text()) if (run_dir / "dataset.json").is_file() else {}
+    root = data_override or info.get("path")
+    if root is None or not Path(root).exists():
+        return None
+    dataset = load_dataset(root, format=info.get("format", "auto"), class_names=info.get("class_names"),
+                           on_error="skip")
+    wanted = info.get("val") or info.get("train") or []
+    by_id = {r.image_id: r for r in dataset.records}
+    for image_id in wanted:
+        rec = by_id.get(image_id)
+        if rec is not None and len(rec.boxes):  # one with a defect: the postprocessing is timed too
+            return Path(rec.image_path)
+    return Path(dataset.records[0].image_path) if dataset.records else None
+
+
 def embed_preprocessing(model: ov.Model) -> ov.Model:
     """Make the IR take the letterboxed BGR uint8 NHWC canvas (exact: cast, channel swap, scale)."""
     ppp = PrePostProcessor(model)
@@ -218,6 +236,9 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
             add("openvino", precision, f"openvino/model_{precision}.xml", xml, CANVAS_INPUT, CANVAS_STEPS,
                 {f"openvino/model_{precision}.bin": xml.with_suffix(".bin")})
 
+        sample = pick_sample_image(run_dir, calib_data)
+        if sample is not None:
+            files[f"sample{sample.suffix.lower()}"] = sample
         dataset_info = json.loads((run_dir / "dataset.json").read_text()) if (run_dir / "dataset.json").is_file() else {}
         metadata = {
             "model": {"name": meta.get("config", {}).get("name", run_dir.name), "architecture": "DefectDetector",
@@ -238,6 +259,7 @@ def export_package(run_dir: str | Path, out: str | Path, int8: bool = True, fp16
                 "decode": "threshold per class at conf, class-aware NMS at iou, boxes mapped back through the letterbox"},
             "defaults": {"conf": conf, "iou": iou, "max_det": 300},
             "models": models,
+            **({"sample_image": f"sample{sample.suffix.lower()}"} if sample is not None else {}),
             "provenance": {
                 "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "sdk_version": __version__, "torch_version": torch.__version__, "openvino_version": ov.__version__,
