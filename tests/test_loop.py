@@ -361,3 +361,15 @@ def test_stop_during_a_reconnect_backoff_is_quick():
     start = time.perf_counter()
     source.close()
     assert time.perf_counter() - start < 0.5 and not source._thread.is_alive()
+
+
+def test_the_loop_runs_sliced_inference_and_records_verdicts(tiny_package: Path, line_video: Path, tmp_path: Path,
+                                                             capsys):
+    jsonl = tmp_path / "tiles.jsonl"
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(line_video), "--jsonl", str(jsonl),
+                     "--max-frames", "3", "--tile", "128", "--conf", "0.05", "--summary-json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = _jsonl(jsonl)
+    assert len(records) == 3 and summary["ok"] + summary["ng"] == 3
+    assert all(r["verdict"]["status"] == ("NG" if r["detections"] else "OK") for r in records)
+    assert cli_main(["run", "--model", str(tiny_package), "--source", str(line_video), "--tile", "8"]) == 2

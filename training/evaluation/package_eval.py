@@ -68,7 +68,9 @@ def run_detector(detector: Detector, dataset: Dataset, desc: str) -> tuple[list[
 
 def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path, split_file: str | Path | None = None,
                      subset: str = "val", backends: tuple[str, ...] = ("openvino", "onnxruntime"),
-                     latency_runs: int = 50) -> dict[str, Any]:
+                     latency_runs: int = 50, compute_precisions: tuple[str, ...] = ()) -> dict[str, Any]:
+    """mAP (pycocotools) and latency of every model of the package on ``data``; ``compute_precisions``
+    ("bf16") adds OpenVINO runs of the FP32 model in that arithmetic, where the CPU has it."""
     pkg = load_package(package)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,30 +80,30 @@ def evaluate_package(package: str | Path, data: str | Path, out_dir: str | Path,
     sample = read_image(dataset.records[0].image_path)
     results: dict[str, dict[str, Any]] = {}
     metrics_by: dict[str, DetectionMetrics] = {}
-    for backend in backends:
-        for m in pkg.models:
-            if m.backend != FILE_KIND[backend]:
-                continue
-            key = f"{backend}/{m.precision}"
-            try:
-                # mAP protocol: multi-label boxes at a very low threshold, and every image inspected
-                det = Detector(pkg, backend=backend, precision=m.precision, conf=EVAL_CONF, iou=EVAL_IOU,
-                               num_threads=thread_budget(), multi_label=True, health=None)
-            except BackendError as exc:
-                log.warning("skipping %s: %s", key, exc)
-                continue
-            preds, _ = run_detector(det, dataset, key)
-            metrics = evaluate_detections(dataset.records, pkg.class_names, preds)
-            det.close()
-            # latency at the package's own thresholds: what the line runs (mAP needs conf 0.001 and many boxes)
-            with Detector(pkg, backend=backend, precision=m.precision, num_threads=thread_budget()) as line_det:
-                st = line_det.benchmark(sample, runs=latency_runs, warmup=5)
-            latency = {"median_ms": round(st["end_to_end_p50_ms"], 3), "p95_ms": round(st["end_to_end_p95_ms"], 3),
-                       "raw_median_ms": round(st["raw_p50_ms"], 3), "runs": latency_runs}
-            metrics_by[key] = metrics
-            results[key] = {**metrics.to_dict(), "latency": latency}
-            log.info("%s: mAP50 %.4f  mAP50:95 %.4f  latency %.2f ms", key, metrics.map50, metrics.map50_95,
-                     latency["median_ms"])
+    jobs = [(backend, m.precision) for backend in backends for m in pkg.models if m.backend == FILE_KIND[backend]]
+    if "openvino" in backends and any(m.backend == "openvino" and m.precision == "fp32" for m in pkg.models):
+        jobs += [("openvino", p) for p in compute_precisions]
+    for backend, precision in jobs:
+        key = f"{backend}/{precision}"
+        try:
+            # mAP protocol: multi-label boxes at a very low threshold, and every image inspected
+            det = Detector(pkg, backend=backend, precision=precision, conf=EVAL_CONF, iou=EVAL_IOU,
+                           num_threads=thread_budget(), multi_label=True, health=None)
+        except BackendError as exc:
+            log.warning("skipping %s: %s", key, exc)
+            continue
+        preds, _ = run_detector(det, dataset, key)
+        metrics = evaluate_detections(dataset.records, pkg.class_names, preds)
+        det.close()
+        # latency at the package's own thresholds: what the line runs (mAP needs conf 0.001 and many boxes)
+        with Detector(pkg, backend=backend, precision=precision, num_threads=thread_budget()) as line_det:
+            st = line_det.benchmark(sample, runs=latency_runs, warmup=5)
+        latency = {"median_ms": round(st["end_to_end_p50_ms"], 3), "p95_ms": round(st["end_to_end_p95_ms"], 3),
+                   "raw_median_ms": round(st["raw_p50_ms"], 3), "runs": latency_runs}
+        metrics_by[key] = metrics
+        results[key] = {**metrics.to_dict(), "latency": latency}
+        log.info("%s: mAP50 %.4f  mAP50:95 %.4f  latency %.2f ms", key, metrics.map50, metrics.map50_95,
+                 latency["median_ms"])
     if not results:
         raise BackendError(f"{package}: no model of the requested backends {backends} could run")
     primary = "openvino/fp32" if "openvino/fp32" in results else next(iter(results))

@@ -23,6 +23,8 @@ from training.evaluation.package_eval import evaluate_package
 from training.evaluation.torch_predict import predict_records
 from training.pipeline.context import RunContext, dataset_path, feature_source, load_split
 
+CALIBRATION_RECALL = 0.9  # the report's OK / NG section: thresholds that find 90% of each class's defects
+
 
 def _fmt(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
@@ -119,7 +121,7 @@ def write_report(ctx: RunContext, stage_names: list[str]) -> dict[str, Any]:
     split = ctx.stage_dir("data") / "split.json"
     data = dataset_path(ctx)
     student = evaluate_package(ctx.stage_dir("package"), data, out / "student", split_file=split, subset="val",
-                               backends=("openvino",), latency_runs=50)
+                               backends=("openvino",), latency_runs=50, compute_precisions=("bf16",))
     baseline = evaluate_package(ctx.stage_dir("export") / "baseline-package", data, out / "baseline",
                                 split_file=split, subset="val", backends=("openvino",), latency_runs=50)
     t_metrics, t_info = teacher_metrics(ctx, val.records, val.class_names)
@@ -138,6 +140,14 @@ def write_report(ctx: RunContext, stage_names: list[str]) -> dict[str, Any]:
     if "openvino/int8" in student["models"]:
         q = student["models"]["openvino/int8"]
         add("student INT8", q, student["parameters"], student["gflops"], q["latency"]["median_ms"], "OpenVINO INT8")
+    if "openvino/bf16" in student["models"]:  # CPUs with bf16 arithmetic only
+        h = student["models"]["openvino/bf16"]
+        add("student bf16", h, student["parameters"], student["gflops"], h["latency"]["median_ms"],
+            "OpenVINO FP32 model, bf16 arithmetic")
+    from training.evaluation.calibration import calibrate_package
+
+    calibration = calibrate_package(ctx.stage_dir("package"), data, "target_recall", CALIBRATION_RECALL,
+                                    split_file=split, subset="val", write=False)
     pr["teacher"] = _mean_pr(t_metrics.pr_curves)
     plots = _plots(out, pr | _package_pr(out), {k: v["latency_ms"] for k, v in rows.items() if v["latency_ms"]})
     stage_times = {}
@@ -147,6 +157,7 @@ def write_report(ctx: RunContext, stage_names: list[str]) -> dict[str, Any]:
             stage_times[name] = json.loads(marker.read_text()).get("seconds")
     resvae = _stage_result(ctx, "resvae")
     summary = {"models": rows, "teacher_torch_latency_ms": round(t_info["torch_latency_ms"], 3),
+               "calibration": calibration,
                "stage_seconds": stage_times, "num_val_images": len(val.records), "resvae": resvae,
                "gain_student_vs_baseline": {"map50": rows["student"]["map50"] - rows["baseline"]["map50"],
                                             "map50_95": rows["student"]["map50_95"] - rows["baseline"]["map50_95"]}}
@@ -193,6 +204,14 @@ def render(ctx, summary: dict[str, Any], class_names: list[str], plots: list[Pat
               "## Per-class AP50", "", "| class | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
     for c in class_names:
         lines.append(f"| {c} | " + " | ".join(_fmt(r["per_class_ap50"].get(c)) for r in rows.values()) + " |")
+    cal = summary.get("calibration")
+    if cal:
+        from training.evaluation.calibration import render as render_calibration
+
+        lines += ["", "## OK / NG at calibrated thresholds (student, OpenVINO FP32)", "",
+                  f"Per-class thresholds picked for recall {cal['target']} on the validation split and measured on the "
+                  "same images, so the figures are optimistic; `python -m training calibrate` writes thresholds "
+                  "picked on a set of your own into the package.", "", render_calibration(cal).rstrip()]
     rv = summary.get("resvae") or {}
     if rv.get("enabled"):
         lines += ["", "## Feature repository", "",
