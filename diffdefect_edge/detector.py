@@ -134,7 +134,7 @@ class Detector:
             package = load_package(package, trusted_keys=trusted_keys)
         self.package = package
         defaults = self.package.meta.defaults
-        self.options = Options(defaults.conf, defaults.iou, defaults.max_det, False, bool(multi_label),
+        self.options = Options(defaults.conf, defaults.iou, defaults.max_det, defaults.masks, bool(multi_label),
                                bool(agnostic_nms)).with_overrides(conf, iou, max_det, masks)
         self.mode, self.precision, self.health = mode, precision, health
         calibration = self.package.meta.calibration

@@ -84,6 +84,7 @@ class Defaults(_Strict):
     conf: Finite = Field(gt=0, le=1)
     iou: Finite = Field(gt=0, le=1)
     max_det: int = Field(default=300, ge=1, le=100_000)
+    masks: bool = False  # compute instance masks unless the caller says otherwise
 
 
 class ModelInput(_Strict):

@@ -88,14 +88,18 @@ def tiny_config_path(tmp_path_factory) -> Path:
     return _write_config(tmp_path_factory, "tiny.yaml", TINY_CONFIG)
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
+def write_tiny_synthetic(root: Path, seed: int = 0, background_fraction: float = 0.0) -> Path:
+    """16 strong-contrast 128 px synthetic images (the tiny model's data); ``background_fraction`` defect-free."""
     from training.data import SynthConfig, write_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("tiny-data") / "synthetic"
-    write_synthetic_dataset(root, SynthConfig(num_images=16, size=128, seed=0, contrast=(0.8, 1.0), max_defects=2,
-                                              background_fraction=0.0))
+    write_synthetic_dataset(root, SynthConfig(num_images=16, size=128, seed=seed, contrast=(0.8, 1.0), max_defects=2,
+                                              background_fraction=background_fraction))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return write_tiny_synthetic(tmp_path_factory.mktemp("tiny-data") / "synthetic")
 
 
 @pytest.fixture(scope="session")

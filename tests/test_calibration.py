@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_synthetic
 from test_package_trust import _keys
 
 from diffdefect_edge import Detector, PackageError, load_package
@@ -24,12 +25,7 @@ def pkg(tiny_package: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def with_clean_images(tmp_path_factory) -> Path:
-    from training.data import SynthConfig, write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("calib") / "synthetic"
-    write_synthetic_dataset(root, SynthConfig(num_images=16, size=128, seed=3, contrast=(0.8, 1.0), max_defects=2,
-                                              background_fraction=0.5))
-    return root
+    return write_tiny_synthetic(tmp_path_factory.mktemp("calib") / "synthetic", seed=3, background_fraction=0.5)
 
 
 def test_target_recall_writes_thresholds_that_the_verdict_uses(pkg: Path, tiny_dataset: Path, tmp_path: Path,
