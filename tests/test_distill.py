@@ -96,3 +96,54 @@ def test_ablate_command_rejects_unknown_variants(tiny_pipeline_config: Path, tmp
     assert main(["ablate", "--config", str(tiny_pipeline_config), "--out", str(tmp_path), "--variants",
                  "no_fft,full"]) == 2
     assert "unknown ablation(s) ['no_fft']" in capsys.readouterr().err
+
+
+def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline_config: Path, tmp_path: Path):
+    """self_distill: the same distillation from the trained baseline (no DDPM features); continued_baseline: the
+    baseline given the teacher's extra epochs."""
+    from training.evaluation.ablation import VARIANT_STAGES
+    from training.pipeline import run_pipeline
+
+    run, _ = tiny_pipeline_run
+    base = load_config(tiny_pipeline_config)
+    base_ctx = RunContext(base, run)
+    self_distill = variant_config(base, ABLATIONS["self_distill"], "self_distill")
+    assert self_distill.distill.teacher == "baseline" and base.distill.teacher == "ddpm"
+    ctx = RunContext(self_distill, tmp_path / "self_distill")
+    assert "distill" not in link_unchanged_stages(base_ctx, ctx)
+    res = run_pipeline(self_distill, ctx.run_dir, stages=["distill"])
+    assert not res["distill"].get("skipped")
+    student, meta = load_detector(ctx.stage_dir("distill") / "weights" / "best.safetensors")
+    assert meta["distilled_from"] == "baseline" and student.spec.num_classes == 6
+    longer = variant_config(base, ABLATIONS["continued_baseline"], "continued_baseline")
+    assert longer.train.epochs == base.train.epochs + (base.teacher.epochs or base.train.epochs)
+    assert VARIANT_STAGES["continued_baseline"] == ["data", "baseline"]
+    assert "baseline" not in link_unchanged_stages(base_ctx, RunContext(longer, tmp_path / "longer"))
+
+
+def test_ap_by_contrast_bin_counts_only_that_bins_boxes():
+    import numpy as np
+
+    from training.data import Record
+    from training.evaluation import Prediction
+    from training.evaluation.metrics import contrast_bin_metrics
+
+    rec = Record("im", Path("im.png"), 100, 100, np.array([[10, 10, 30, 30], [60, 60, 90, 90]], np.float32),
+                 np.array([0, 0]))
+    found_faint_only = [Prediction(image_index=0, class_id=0, box=(10.0, 10.0, 30.0, 30.0), score=0.9)]
+    bins = contrast_bin_metrics([rec], ["scratch"], found_faint_only, {"im": [0.2, 0.9]})
+    assert bins["faint"].map50 == pytest.approx(1.0) and bins["strong"].map50 == 0.0 and bins["medium"] is None
+
+
+def test_ablation_table_has_the_controls_and_contrast_bins():
+    from training.evaluation.ablation import render_ablations
+
+    by_bin = {"faint": 0.1, "medium": 0.3, "strong": None}
+    base = {"map50": 0.2, "map50_95": 0.1, "ap50_by_contrast": by_bin}
+    rows = {"full": {"teacher": {"map50": 0.3, "map50_95": 0.15, "ap50_by_contrast": by_bin},
+                     "student": {"map50": 0.25, "map50_95": 0.12, "ap50_by_contrast": by_bin}},
+            "continued_baseline": {"teacher": None, "student": {"map50": 0.21, "map50_95": 0.11}}}
+    text = render_ablations("t", 8, base, rows)
+    assert "| full | 0.3000 | 0.1500 | 0.2500 | 0.1200 | +0.0200 |" in text
+    assert "| continued_baseline | n/a | n/a | 0.2100 | 0.1100 | +0.0100 |" in text
+    assert "| faint | medium | strong |" in text and "| full student | 0.1000 | 0.3000 | n/a |" in text

@@ -214,3 +214,13 @@ def write_synthetic_dataset(out: str | Path, config: SynthConfig, overwrite: boo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def read_contrasts(root: str | Path) -> dict[str, list[float]] | None:
+    """Each image's per-box defect contrast from a synthetic dataset's ``synth.json`` (image stem -> contrasts, in
+    the order of its annotation's objects); None for a dataset that is not synthetic."""
+    path = Path(root) / "synth.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    return {item["image"]: [float(c) for c in item["contrast"]] for item in meta.get("images", [])}

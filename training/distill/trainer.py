@@ -22,6 +22,7 @@ import torch
 from training.config import ExperimentConfig
 from training.data.records import Dataset
 from training.detector import DetectorOutput
+from training.detector.checkpoint import load_detector
 from training.detector.model import STRIDES
 from training.detector.trainer import Trainer
 from training.distill.losses import feature_distillation, foreground_weights, response_distillation
@@ -34,11 +35,19 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
     resume_sections = TEACHER_RESUME_SECTIONS + ("distill",)
 
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
-                 teacher_weights: str | Path, source: FeatureSource, resume: bool | str = "auto",
+                 teacher_weights: str | Path, source: FeatureSource | None, resume: bool | str = "auto",
                  dataset_info: dict[str, Any] | None = None) -> None:
         super().__init__(config, train_set, val_set, run_dir, resume, dataset_info)
         self.source = source
-        self.teacher, _ = load_teacher(teacher_weights, impl="kernel")
+        # distill.teacher "baseline" is the control: the same distillation from the trained baseline, which has
+        # no DDPM features, isolates what the features add
+        self.plain_teacher = config.distill.teacher == "baseline"
+        if self.plain_teacher:
+            self.teacher, _ = load_detector(teacher_weights)
+        elif source is None:
+            raise ValueError("a DDPM teacher needs its feature source")
+        else:
+            self.teacher, _ = load_teacher(teacher_weights, impl="kernel")
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.to(self.dist.device)
@@ -57,7 +66,8 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
         if self.cfg.feature_weight == 0 and self.cfg.response_weight == 0:
             return loss, parts
         with torch.no_grad():
-            t_out = self.teacher(images, self.batch_features(batch, images.device))
+            t_out = (self.teacher(images) if self.plain_teacher
+                     else self.teacher(images, self.batch_features(batch, images.device)))
         n = images.shape[0]  # the detection loss is summed over the batch; keep the KD terms on the same scale
         if self.cfg.feature_weight > 0:
             weights = [foreground_weights(batch["boxes"], batch["valid"], self.input_size, s,
@@ -72,4 +82,4 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
         return loss, parts
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
-        return super()._meta(distilled_from="teacher", **extra)
+        return super()._meta(distilled_from="baseline" if self.plain_teacher else "teacher", **extra)

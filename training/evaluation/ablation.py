@@ -8,6 +8,8 @@ Variants (each a config override of the base config):
     no_gate           attended signal added back with weight 1 (no dynamic gate)
     feature_kd_only   distillation without the response term
     response_kd_only  distillation without the feature term
+    self_distill      the control: the same distillation with the trained baseline as teacher (no DDPM features)
+    continued_baseline  the control: the baseline trained for the teacher's extra epochs too (no distillation)
 
 Each variant runs in ``RUN/ablate/<variant>``; stages whose config is unchanged (data, DDPM, features, and
 wherever possible ResVAE, teacher, baseline) are linked from the base run instead of being recomputed. The
@@ -24,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from training.config import ExperimentConfig, config_from_dict
-from training.evaluation.report import evaluate_checkpoint, evaluate_teacher
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,20 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "no_gate": {"teacher": {"gate": False}},
     "feature_kd_only": {"distill": {"response_weight": 0.0}},
     "response_kd_only": {"distill": {"feature_weight": 0.0}},
+    "self_distill": {"distill": {"teacher": "baseline"}},
+    "continued_baseline": {},  # train.epochs + the teacher's epochs: made from the base config in variant_config
 }
+# the stages each variant needs (the default: TRAINING_STAGES)
+VARIANT_STAGES = {"continued_baseline": ["data", "baseline"]}
 TRAINING_STAGES = ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill"]
 
 
-def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]]) -> ExperimentConfig:
+def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]],
+                   name: str | None = None) -> ExperimentConfig:
     values = copy.deepcopy(base.to_dict())
+    if name == "continued_baseline":  # as many supervised epochs as the teacher had in all
+        extra = base.teacher.epochs or base.train.epochs
+        overrides = {"train": {"epochs": base.train.epochs + extra}}
     for section, changes in overrides.items():
         values[section].update(changes)
     return config_from_dict(json.loads(json.dumps(values)), where=f"ablation {overrides}")
@@ -67,21 +76,51 @@ def link_unchanged_stages(base_ctx, ctx) -> list[str]:
     return linked
 
 
-def evaluate_run(ctx) -> dict[str, float]:
-    """Teacher and student mAP on the validation split (torch)."""
+def _scores(path: Path, records: list, class_names: list[str], contrasts: dict | None,
+            forward=None, model=None, size: int | None = None) -> dict[str, Any]:
+    """mAP of a checkpoint (or a loaded teacher) on ``records``, and AP50 per contrast bin when known."""
+    from training.detector.checkpoint import load_detector
+    from training.evaluation.metrics import contrast_bin_metrics, evaluate_detections
+    from training.evaluation.torch_predict import predict_records
+
+    if model is None:
+        model, meta = load_detector(path)
+        size = int(meta["input_size"])
+    preds = predict_records(model, records, size, forward=forward)
+    m = evaluate_detections(records, class_names, preds)
+    out: dict[str, Any] = {"map50": m.map50, "map50_95": m.map50_95}
+    if contrasts is not None:
+        bins = contrast_bin_metrics(records, class_names, preds, contrasts)
+        out["ap50_by_contrast"] = {k: (v.map50 if v is not None else None) for k, v in bins.items()}
+    return out
+
+
+def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict[str, Any]:
+    """Teacher and student (for continued_baseline: its longer-trained baseline) on the validation split (torch)."""
     from training.pipeline import load_split
+    from training.pipeline.context import feature_source
+    from training.teacher.feature_source import with_features
+    from training.teacher.model import load_teacher
 
     _, val = load_split(ctx)
-    t = evaluate_teacher(ctx, val.records, val.class_names)[0]
-    s = evaluate_checkpoint(ctx.stage_dir("distill") / "weights" / "best.safetensors", val.records, val.class_names)
-    return {"teacher_map50": t.map50, "teacher_map50_95": t.map50_95, "student_map50": s.map50,
-            "student_map50_95": s.map50_95}
+    if name == "continued_baseline":
+        return {"teacher": None, "student": _scores(ctx.stage_dir("baseline") / "weights" / "best.safetensors",
+                                                    val.records, val.class_names, contrasts)}
+    teacher = None
+    if ctx.config.distill.teacher == "ddpm":
+        model, meta = load_teacher(ctx.stage_dir("teacher") / "weights" / "best.safetensors")
+        teacher = _scores(Path(), val.records, val.class_names, contrasts, forward=with_features(feature_source(ctx)),
+                          model=model, size=int(meta["input_size"]))
+    student = _scores(ctx.stage_dir("distill") / "weights" / "best.safetensors", val.records, val.class_names,
+                      contrasts)
+    return {"teacher": teacher, "student": student}
 
 
 def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[str] | None = None,
                   data_override: str | Path | None = None) -> Path:
     """Run the grid; write ``RUN/ablate/ablation.md`` and ``ablation.json``; return the markdown path."""
-    from training.pipeline import RunContext, load_split, run_pipeline
+    from training.data.synthetic import read_contrasts
+    from training.pipeline import RunContext, dataset_path, load_split, run_pipeline
 
     names = variants or list(ABLATIONS)
     unknown = set(names) - set(ABLATIONS)
@@ -92,32 +131,53 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
     base_ctx = RunContext(config, run_dir, override)
     run_pipeline(config, run_dir, stages=TRAINING_STAGES, data_override=override)
     _, val = load_split(base_ctx)
-    b = evaluate_checkpoint(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors", val.records,
-                            val.class_names)
+    contrasts = read_contrasts(dataset_path(base_ctx))
+    baseline = _scores(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors", val.records,
+                       val.class_names, contrasts)
     rows: dict[str, dict[str, Any]] = {}
     out = run_dir / "ablate"
     for name in names:
         if name == "full":
             ctx = base_ctx
         else:
-            cfg = variant_config(config, ABLATIONS[name])
+            cfg = variant_config(config, ABLATIONS[name], name)
             ctx = RunContext(cfg, out / name, override)
             linked = link_unchanged_stages(base_ctx, ctx)
             log.info("ablation %s: reusing %s from the base run", name, linked)
-            run_pipeline(cfg, ctx.run_dir, stages=TRAINING_STAGES, data_override=override)
-        rows[name] = evaluate_run(ctx)
+            run_pipeline(cfg, ctx.run_dir, stages=VARIANT_STAGES.get(name, TRAINING_STAGES), data_override=override)
+        rows[name] = evaluate_run(ctx, name, contrasts)
         log.info("ablation %s: %s", name, rows[name])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps({"baseline": {"map50": b.map50, "map50_95": b.map50_95},
-                                                   "variants": rows}, indent=1))
-    lines = [f"# Ablations: {config.name}", "",
-             f"Validation split, {len(val)} images, torch evaluation. Baseline (student architecture alone): "
-             f"mAP50 {b.map50:.4f}, mAP50:95 {b.map50_95:.4f}.", "",
+    (out / "ablation.json").write_text(json.dumps({"baseline": baseline, "variants": rows}, indent=1,
+                                                  default=lambda v: None))
+    path = out / "ablation.md"
+    path.write_text(render_ablations(config.name, len(val), baseline, rows))
+    return path
+
+
+def render_ablations(name: str, num_val: int, baseline: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [f"# Ablations: {name}", "",
+             f"Validation split, {num_val} images, torch evaluation. Baseline (student architecture alone): "
+             f"mAP50 {f(baseline['map50'])}, mAP50:95 {f(baseline['map50_95'])}. `self_distill` distils from the "
+             "trained baseline (no DDPM features); `continued_baseline` is the baseline given the teacher's extra "
+             "epochs (its row's student is that baseline).", "",
              "| variant | teacher mAP50 | teacher mAP50:95 | student mAP50 | student mAP50:95 | student vs baseline "
              "(mAP50:95) |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['teacher_map50']:.4f} | {r['teacher_map50_95']:.4f} | {r['student_map50']:.4f} | "
-                     f"{r['student_map50_95']:.4f} | {r['student_map50_95'] - b.map50_95:+.4f} |")
-    path = out / "ablation.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    for variant, r in rows.items():
+        t, s = r["teacher"] or {}, r["student"]
+        lines.append(f"| {variant} | {f(t.get('map50'))} | {f(t.get('map50_95'))} | {f(s['map50'])} | "
+                     f"{f(s['map50_95'])} | {s['map50_95'] - baseline['map50_95']:+.4f} |")
+    if "ap50_by_contrast" in baseline:
+        bins = list(baseline["ap50_by_contrast"])
+        lines += ["", "## AP50 by defect contrast (synthetic data)", "",
+                  "| model | " + " | ".join(bins) + " |", "|---|" + "---:|" * len(bins),
+                  "| baseline | " + " | ".join(f(baseline["ap50_by_contrast"][b]) for b in bins) + " |"]
+        for variant, r in rows.items():
+            for role in ("teacher", "student"):
+                if r[role] is not None and "ap50_by_contrast" in r[role]:
+                    lines.append(f"| {variant} {role} | " + " | ".join(f(r[role]["ap50_by_contrast"][b])
+                                                                     for b in bins) + " |")
+    return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +45,19 @@ class DetectionMetrics:
         }
 
 
-def _ground_truth(records: list[Record], class_names: list[str]) -> COCO:
+def _ground_truth(records: list[Record], class_names: list[str],
+                  keep: Callable[[int, int], bool] | None = None) -> COCO:
+    """COCO ground truth of ``records``; a box that ``keep(image_index, box_index)`` rejects becomes an ignore
+    region (COCO's crowd flag): detections on it count neither for nor against."""
     images, annotations = [], []
     for idx, rec in enumerate(records):
         images.append({"id": idx, "width": rec.width, "height": rec.height, "file_name": rec.image_id})
-        for box, cls in zip(rec.boxes, rec.class_ids):
+        for j, (box, cls) in enumerate(zip(rec.boxes, rec.class_ids)):
             x1, y1, x2, y2 = (float(v) for v in box)
+            ignored = keep is not None and not keep(idx, j)
             annotations.append({"id": len(annotations) + 1, "image_id": idx, "category_id": int(cls),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": int(ignored)})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations,
                   "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)]}
@@ -66,16 +72,17 @@ def _mean_ap(precision: np.ndarray) -> float:
 
 
 def evaluate_detections(records: list[Record], class_names: list[str], predictions: list[Prediction],
-                        max_dets: int = 100) -> DetectionMetrics:
-    """COCO-style metrics. A class with no ground truth gets NaN AP and is left out of the means."""
+                        max_dets: int = 100, keep: Callable[[int, int], bool] | None = None) -> DetectionMetrics:
+    """COCO-style metrics. A class with no ground truth gets NaN AP and is left out of the means. ``keep``
+    restricts the ground truth (e.g. to one contrast bin); the other boxes are ignore regions."""
     for p in predictions:
         if not 0 <= p.image_index < len(records):
             raise ValueError(f"prediction refers to image_index {p.image_index}, outside 0..{len(records) - 1}")
         if not 0 <= p.class_id < len(class_names):
             raise ValueError(f"prediction has class_id {p.class_id}, outside 0..{len(class_names) - 1}")
-    gt = _ground_truth(records, class_names)
-    has_gt = {n: bool(gt.getAnnIds(catIds=[i])) for i, n in enumerate(class_names)}
-    if not gt.dataset["annotations"]:
+    gt = _ground_truth(records, class_names, keep)
+    has_gt = {n: bool(gt.getAnnIds(catIds=[i], iscrowd=False)) for i, n in enumerate(class_names)}
+    if not any(a["iscrowd"] == 0 for a in gt.dataset["annotations"]):
         raise ValueError("cannot compute AP: the evaluated records hold no ground-truth box")
     if not predictions:  # nothing detected: every class with ground truth scores 0
         per_class = {n: (0.0 if has_gt[n] else float("nan")) for n in class_names}
@@ -135,3 +142,21 @@ def save_pr_curves(metrics: DetectionMetrics, out_dir: str | Path, title: str = 
     plt.close(fig_all)
     paths.append(path)
     return paths
+
+
+CONTRAST_BINS = {"faint": (0.0, 0.4), "medium": (0.4, 0.7), "strong": (0.7, float("inf"))}
+
+
+def contrast_bin_metrics(records: list[Record], class_names: list[str], predictions: list[Prediction],
+                         contrasts: dict[str, list[float]]) -> dict[str, DetectionMetrics | None]:
+    """Metrics per defect-contrast bin of the synthetic data (``contrasts``: image id -> each box's contrast, as
+    ``synth.json`` records it); None for a bin without boxes."""
+    out: dict[str, DetectionMetrics | None] = {}
+    for name, (lo, hi) in CONTRAST_BINS.items():
+        def keep(i: int, j: int, lo: float = lo, hi: float = hi) -> bool:
+            c = contrasts.get(records[i].image_id, [])
+            return j < len(c) and lo <= c[j] < hi
+
+        has_box = any(keep(i, j) for i, r in enumerate(records) for j in range(len(r.boxes)))
+        out[name] = evaluate_detections(records, class_names, predictions, keep=keep) if has_box else None
+    return out

@@ -30,14 +30,6 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def evaluate_checkpoint(path: Path, records: list, class_names: list[str]) -> DetectionMetrics:
-    """A plain detector checkpoint (baseline, student) on ``records`` with torch, decoded as the SDK does."""
-    from training.detector.checkpoint import load_detector
-
-    model, meta = load_detector(path)
-    return evaluate_detections(records, class_names, predict_records(model, records, int(meta["input_size"])))
-
-
 def evaluate_teacher(ctx, records: list, class_names: list[str]):
     """The run's best teacher on ``records`` (torch, kernels, DDPM features looked up by id).
 

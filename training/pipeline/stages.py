@@ -159,9 +159,12 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
     from training.distill.trainer import DistillTrainer
 
     train, val = load_split(ctx)
-    trainer = DistillTrainer(ctx.config, train, val, ctx.stage_dir("distill"),
-                             ctx.stage_dir("teacher") / "weights" / "best.safetensors", feature_source(ctx),
-                             resume="auto", dataset_info=_train_info(ctx))
+    if ctx.config.distill.teacher == "baseline":  # the control: no DDPM features anywhere
+        teacher, source = ctx.stage_dir("baseline") / "weights" / "best.safetensors", None
+    else:
+        teacher, source = ctx.stage_dir("teacher") / "weights" / "best.safetensors", feature_source(ctx)
+    trainer = DistillTrainer(ctx.config, train, val, ctx.stage_dir("distill"), teacher, source, resume="auto",
+                             dataset_info=_train_info(ctx))
     return _fit_summary(trainer.fit())
 
 
@@ -203,7 +206,7 @@ STAGES: list[Stage] = [
     Stage("resvae", RESVAE_SECTIONS, stage_resvae, inputs=("data", "features")),
     Stage("baseline", TRAIN_SECTIONS, stage_baseline, inputs=("data",)),
     Stage("teacher", TEACHER_SECTIONS, stage_teacher, inputs=("data", "features", "resvae", "baseline")),
-    Stage("distill", DISTILL_SECTIONS, stage_distill, inputs=("data", "features", "resvae", "teacher")),
+    Stage("distill", DISTILL_SECTIONS, stage_distill, inputs=("data", "features", "resvae", "baseline", "teacher")),
     Stage("export", DISTILL_SECTIONS + ("export",), stage_export, inputs=("data", "baseline", "distill"),
           outputs=("export", "package")),
     Stage("report", DISTILL_SECTIONS + ("export",), stage_report,
