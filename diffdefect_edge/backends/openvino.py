@@ -142,7 +142,7 @@ class OpenVINOBackend(Backend):
         return self._requests_in_flight(self.compiled)
 
     def graph(self, batch: int) -> _Graph:
-        """The compiled graph for batches of this size (built on first use: 0.25 s for the quickstart model here)."""
+        """The compiled graph for batches of this size (built on first use, then kept)."""
         with self._graphs_lock:
             graph = self._graphs.get(batch)
             if graph is not None:
