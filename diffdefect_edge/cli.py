@@ -60,8 +60,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from diffdefect_edge.backends import BACKEND_FOR_FILE, BackendError
-    from diffdefect_edge.detector import MODES, Detector, read_image
+    from diffdefect_edge.detector import MODES, Detector
     from diffdefect_edge.package import load_package
+    from diffdefect_edge.sources import read_image
 
     pkg = load_package(args.package, trusted_keys=args.trusted_key)
     try:

@@ -95,12 +95,14 @@ class Detections:
 
     @classmethod
     def _from_checked(cls, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, names: tuple[str, ...],
-                      box_masks: BoxMasks | None, meta: dict[str, Any]) -> Detections:
+                      box_masks: BoxMasks | None, meta: dict[str, Any],
+                      thresholds: dict[str, float] | None = None) -> Detections:
         """Build from arrays that already have the right dtypes and shapes (the Detector's own), skipping the
         conversions and checks of ``__init__``, which are a visible share of a frame's postprocessing."""
         out = cls.__new__(cls)
         out.xyxy, out.scores, out.class_ids, out.names = xyxy, scores, class_ids, names
-        out.masks, out.meta, out.box_masks, out.speed, out.thresholds = None, meta, box_masks, {}, {}
+        out.masks, out.meta, out.box_masks, out.speed = None, meta, box_masks, {}
+        out.thresholds = thresholds if thresholds is not None else {}
         return out
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ preprocessing) -> decode (one box per defect by default) + NMS -> boxes mapped b
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import threading
 import time
@@ -26,6 +27,7 @@ from diffdefect_edge.masks import BoxMasks, box_region
 from diffdefect_edge.package import ModelPackage, load_package
 from diffdefect_edge.postprocess import batched_nms, decode_detections
 from diffdefect_edge.preprocess import CanvasWriter, Letterbox, letterbox, to_bgr
+from diffdefect_edge.sources import read_image
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16", "auto")  # bf16 / auto: the FP32 model in bf16 arithmetic
 MODES = ("latency", "throughput")
@@ -55,6 +57,11 @@ def _tile_starts(length: int, tile: int, step: int) -> list[int]:
         return [0]
     starts = list(range(0, length - tile, step))
     return starts + [length - tile]
+
+
+def _frame(source: np.ndarray | str | Path, color: str) -> np.ndarray:
+    """A frame array or an image file, checked and as BGR."""
+    return to_bgr(read_image(source) if isinstance(source, (str, Path)) else source, color)
 
 
 def _check_unit(name: str, value: object) -> float:
@@ -88,17 +95,6 @@ class Options:
                        self.iou if iou is None else _check_unit("iou", iou),
                        self.max_det if max_det is None else _check_max_det(max_det),
                        self.masks if masks is None else bool(masks), self.multi_label, self.agnostic)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as a BGR uint8 frame; ValueError naming the file when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such image file (expected a frame array or the path of an image)")
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise ValueError(f"{path}: not a readable image (expected a PNG, JPEG, BMP or TIFF file)")
-    return frame
 
 
 class Detector:
@@ -187,10 +183,8 @@ class Detector:
         xyxy = lb.boxes_to_frame(boxes) if len(boxes) else boxes
         box_masks = (self._box_masks(seg, lb, boxes, xyxy, class_ids)
                      if opt.masks and seg is not None and len(boxes) else None)
-        out = Detections._from_checked(xyxy, scores, class_ids, self.names, box_masks,
-                                       meta if meta is not None else {})
-        out.thresholds = self.thresholds
-        return out
+        return Detections._from_checked(xyxy, scores, class_ids, self.names, box_masks,
+                                        meta if meta is not None else {}, self.thresholds)
 
     def _box_masks(self, seg: np.ndarray, lb: Letterbox, canvas_boxes: np.ndarray, xyxy: np.ndarray,
                    class_ids: np.ndarray) -> BoxMasks:
@@ -215,7 +209,7 @@ class Detector:
         if isinstance(source, (list, tuple)):
             return self.predict_batch(source, color, options=options, tile=tile)
         start = time.perf_counter()
-        bgr = to_bgr(read_image(source) if isinstance(source, (str, Path)) else source, color)
+        bgr = _frame(source, color)
         health = self._check_health(bgr)
         if health is not None and not health.ok:
             return self._unhealthy(health, bgr.shape, start)
@@ -254,7 +248,7 @@ class Detector:
         prepared = [letterbox(np.ascontiguousarray(v), self.input_size, self.pad_value) for v in views]
         t_prep = time.perf_counter()
         all_boxes, all_scores, all_ids = [], [], []
-        no_masks = Options(options.conf, options.iou, options.max_det, False, options.multi_label, options.agnostic)
+        no_masks = dataclasses.replace(options, masks=False)  # tiles carry no masks
         for first in range(0, len(prepared), TILE_BATCH):
             part = prepared[first:first + TILE_BATCH]
             dets, _ = self.backend.infer(np.stack([c for c, _ in part]))
@@ -269,8 +263,7 @@ class Detector:
         keep = batched_nms(boxes, scores, np.zeros_like(ids) if options.agnostic else ids, options.iou)
         keep = keep[:options.max_det]
         out = Detections._from_checked(boxes[keep], scores[keep], ids[keep], self.names, None,
-                                       {"tiles": len(origins), "tile": tile})
-        out.thresholds = self.thresholds
+                                       {"tiles": len(origins), "tile": tile}, self.thresholds)
         out.speed = _speed(start, t_prep, t_infer, time.perf_counter())
         return out
 
@@ -283,22 +276,26 @@ class Detector:
             return [self(f, color, conf=options.conf, iou=options.iou, max_det=options.max_det,
                          masks=options.masks, tile=tile) for f in items]
         start = time.perf_counter()
-        bgrs = [to_bgr(read_image(f) if isinstance(f, (str, Path)) else f, color) for f in items]
+        bgrs = [_frame(f, color) for f in items]
         if not bgrs:
             return []
         healths = [self._check_health(b) for b in bgrs]
-        prepared = [letterbox(b, self.input_size, self.pad_value) for b in bgrs]
+        # frames that failed the health check are not inferred at all; the others go in one batch
+        rows = {i: r for r, i in enumerate(i for i, h in enumerate(healths) if h is None or h.ok)}
+        prepared = {i: letterbox(bgrs[i], self.input_size, self.pad_value) for i in rows}
         t_prep = time.perf_counter()
-        dets, seg = self.backend.infer(np.stack([c for c, _ in prepared]))
+        if rows:
+            dets, seg = self.backend.infer(np.stack([prepared[i][0] for i in rows]))
         t_infer = time.perf_counter()
         out = []
-        for i, (_, lb) in enumerate(prepared):
-            if healths[i] is not None and not healths[i].ok:
-                out.append(self._unhealthy(healths[i], bgrs[i].shape, start))
+        for i, health in enumerate(healths):
+            if i not in rows:
+                out.append(self._unhealthy(health, bgrs[i].shape, start))
                 continue
-            d = self.postprocess(dets[i], None if seg is None else seg[i], lb, options=options)
-            if healths[i] is not None:
-                d.meta["health"] = healths[i].to_dict()
+            row = rows[i]
+            d = self.postprocess(dets[row], None if seg is None else seg[row], prepared[i][1], options=options)
+            if health is not None:
+                d.meta["health"] = health.to_dict()
             out.append(d)
         end = time.perf_counter()
         for d in out:  # the batch's time, shared evenly

@@ -134,13 +134,11 @@ class _Writers:
         self.outputs = outputs
         if outputs.overwrite and outputs.resume:
             raise ValueError("--overwrite and --resume exclude each other: replace the logs, or append to them")
-        for flag, path, appendable in (("--save", outputs.save, False), ("--jsonl", outputs.jsonl, True),
-                                       ("--db", outputs.db, True)):
-            if path is None or not path.exists() or outputs.overwrite or (appendable and outputs.resume):
+        # the inspection log always appends (a run row per call); the JSONL appends with --resume; a video cannot
+        for flag, path in (("--save", outputs.save), ("--jsonl", outputs.jsonl)):
+            if path is None or not path.exists() or outputs.overwrite or (flag == "--jsonl" and outputs.resume):
                 continue
-            if flag == "--db":
-                continue  # the inspection log always appends (a run row per call); --overwrite starts it anew
-            if flag == "--save" and outputs.resume:
+            if outputs.resume:
                 raise FileExistsError(f"--save {path}: exists, and a video cannot be continued; give the resumed "
                                       "run a new --save path")
             raise FileExistsError(f"{flag} {path}: exists; pass --resume to append to it (after a crash) or "

@@ -12,6 +12,7 @@ package in a temporary sibling folder and renames it into place, so a reader nev
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -154,6 +155,14 @@ class ModelPackage:
         return data
 
 
+def _parse(path: Path, data: bytes) -> tuple[PackageMetadata, dict[str, Any]]:
+    """metadata.json's bytes -> (typed, as written); any problem is a PackageError naming the field."""
+    try:
+        return parse_metadata(data)
+    except MetadataError as exc:
+        raise PackageError(path / METADATA_FILE, f"metadata {exc}" if exc.field else str(exc)) from None
+
+
 def load_package(path: str | Path, verify: bool = True, trusted_keys: Sequence[str | Path | bytes] | None = None
                  ) -> ModelPackage:
     """Read and validate a package; with ``verify`` check every listed file's size and sha256; with
@@ -169,10 +178,7 @@ def load_package(path: str | Path, verify: bool = True, trusted_keys: Sequence[s
         from diffdefect_edge.signing import verify_signature
 
         signed_by = verify_signature(path, meta_bytes, trusted_keys)
-    try:
-        typed, raw = parse_metadata(meta_bytes)
-    except MetadataError as exc:
-        raise PackageError(path / METADATA_FILE, f"metadata {exc}" if exc.field else str(exc)) from None
+    typed, raw = _parse(path, meta_bytes)
     package = ModelPackage(path, typed, raw, signed_by)
     if verify:
         for rel in typed.files:
@@ -209,7 +215,7 @@ def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[st
         except ValueError as exc:
             raise ValueError(f"{out_dir}: package metadata must be strict JSON ({exc})") from None
         (tmp / METADATA_FILE).write_text(text)
-        load_package(tmp)  # a package that would not load is never put in place
+        checked = load_package(tmp)  # a package that would not load is never put in place
         if sign_key is not None:
             from diffdefect_edge.signing import sign_package
 
@@ -225,7 +231,7 @@ def write_package(out_dir: str | Path, files: dict[str, Path], metadata: dict[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return load_package(out_dir)
+    return dataclasses.replace(checked, path=out_dir)  # the same files, moved by one rename
 
 
 def update_metadata(path: str | Path, changes: dict[str, Any], sign_key: str | Path | None = None) -> ModelPackage:
@@ -239,10 +245,7 @@ def update_metadata(path: str | Path, changes: dict[str, Any], sign_key: str | P
     if signed and sign_key is None:
         raise PackageError(path, "is signed: pass the signing key to renew the signature after this change")
     data = json.dumps({**package.metadata, **changes}, indent=1, allow_nan=False).encode()
-    try:
-        parse_metadata(data)
-    except MetadataError as exc:
-        raise PackageError(path / METADATA_FILE, f"metadata {exc}") from None
+    _parse(path, data)  # a change that would not load is never written
     tmp = path / f".{METADATA_FILE}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, path / METADATA_FILE)

@@ -53,6 +53,17 @@ def read_image_file(path: Path) -> tuple[np.ndarray | None, str]:
     return (image, "") if image is not None else (None, "could not be decoded")
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as a BGR uint8 frame; ValueError naming the file and why when it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such image file (expected a frame array or the path of an image)")
+    image, problem = read_image_file(path)
+    if image is None:
+        raise ValueError(f"{path}: {problem} (expected a PNG, JPEG, BMP or TIFF file)")
+    return image
+
+
 class FileSource:
     """Images of a folder or glob (sorted by name), or the frames of a video file, in order."""
 
@@ -62,7 +73,6 @@ class FileSource:
         self.source = str(source)
         self.stats = SourceStats()
         self.identity: dict = {}  # where the frame last yielded came from (its file, or its video frame index)
-        self.skipped: list[tuple[str, str]] = []  # (file, why) of the images that could not be used
         self.fps: float | None = None  # a video's frame rate, None for images
         path = Path(self.source)
         if any(ch in self.source for ch in "*?["):
@@ -93,7 +103,6 @@ class FileSource:
                 image, problem = read_image_file(p)
                 if image is None:
                     self.stats.failures += 1
-                    self.skipped.append((str(p), problem))
                     log.warning("%s: %s, skipped", p, problem)
                     continue
                 self.stats.frames += 1

@@ -103,6 +103,12 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def frames(tiny_dataset: Path) -> list[np.ndarray]:
+    """The first 8 images of the tiny dataset as BGR frames."""
+    return [cv2.imread(str(p)) for p in sorted((tiny_dataset / "JPEGImages").iterdir())[:8]]
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_config_path: Path, tiny_dataset: Path) -> Path:
     """A detector trained for 30 short epochs on 12 synthetic images (about 20 s on 2 cores)."""
     from training.cli import main

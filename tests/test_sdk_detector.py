@@ -20,11 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def frames(tiny_dataset: Path) -> list[np.ndarray]:
-    return [cv2.imread(str(p)) for p in sorted((tiny_dataset / "JPEGImages").iterdir())[:8]]
-
-
-@pytest.fixture(scope="module")
 def detector(tiny_package: Path):
     with Detector(tiny_package, conf=0.02) as det:
         yield det

@@ -15,11 +15,6 @@ from diffdefect_edge.postprocess import box_iou
 
 
 @pytest.fixture(scope="module")
-def frames(tiny_dataset: Path) -> list[np.ndarray]:
-    return [cv2.imread(str(p)) for p in sorted((tiny_dataset / "JPEGImages").iterdir())[:6]]
-
-
-@pytest.fixture(scope="module")
 def det(tiny_package: Path):
     with Detector(tiny_package, conf=0.05) as d:
         yield d

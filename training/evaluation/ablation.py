@@ -76,17 +76,19 @@ def link_unchanged_stages(base_ctx, ctx) -> list[str]:
     return linked
 
 
-def _scores(path: Path, records: list, class_names: list[str], contrasts: dict | None,
-            forward=None, model=None, size: int | None = None) -> dict[str, Any]:
-    """mAP of a checkpoint (or a loaded teacher) on ``records``, and AP50 per contrast bin when known."""
+def _checkpoint_predictions(path: Path, records: list) -> list:
+    """A plain detector checkpoint's predictions on ``records`` (torch, decoded as the SDK does)."""
     from training.detector.checkpoint import load_detector
-    from training.evaluation.metrics import contrast_bin_metrics, evaluate_detections
     from training.evaluation.torch_predict import predict_records
 
-    if model is None:
-        model, meta = load_detector(path)
-        size = int(meta["input_size"])
-    preds = predict_records(model, records, size, forward=forward)
+    model, meta = load_detector(path)
+    return predict_records(model, records, int(meta["input_size"]))
+
+
+def _scores(records: list, class_names: list[str], preds: list, contrasts: dict | None) -> dict[str, Any]:
+    """mAP of ``preds`` on ``records``, and AP50 per contrast bin when the contrasts are known."""
+    from training.evaluation.metrics import contrast_bin_metrics, evaluate_detections
+
     m = evaluate_detections(records, class_names, preds)
     out: dict[str, Any] = {"map50": m.map50, "map50_95": m.map50_95}
     if contrasts is not None:
@@ -97,23 +99,21 @@ def _scores(path: Path, records: list, class_names: list[str], contrasts: dict |
 
 def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict[str, Any]:
     """Teacher and student (for continued_baseline: its longer-trained baseline) on the validation split (torch)."""
+    from training.evaluation.report import teacher_predictions
     from training.pipeline import load_split
-    from training.pipeline.context import feature_source
-    from training.teacher.feature_source import with_features
-    from training.teacher.model import load_teacher
 
     _, val = load_split(ctx)
+
+    def checkpoint(stage: str) -> dict[str, Any]:
+        preds = _checkpoint_predictions(ctx.stage_dir(stage) / "weights" / "best.safetensors", val.records)
+        return _scores(val.records, val.class_names, preds, contrasts)
+
     if name == "continued_baseline":
-        return {"teacher": None, "student": _scores(ctx.stage_dir("baseline") / "weights" / "best.safetensors",
-                                                    val.records, val.class_names, contrasts)}
+        return {"teacher": None, "student": checkpoint("baseline")}
     teacher = None
     if ctx.config.distill.teacher == "ddpm":
-        model, meta = load_teacher(ctx.stage_dir("teacher") / "weights" / "best.safetensors")
-        teacher = _scores(Path(), val.records, val.class_names, contrasts, forward=with_features(feature_source(ctx)),
-                          model=model, size=int(meta["input_size"]))
-    student = _scores(ctx.stage_dir("distill") / "weights" / "best.safetensors", val.records, val.class_names,
-                      contrasts)
-    return {"teacher": teacher, "student": student}
+        teacher = _scores(val.records, val.class_names, teacher_predictions(ctx, val.records)[0], contrasts)
+    return {"teacher": teacher, "student": checkpoint("distill")}
 
 
 def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[str] | None = None,
@@ -132,8 +132,9 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
     run_pipeline(config, run_dir, stages=TRAINING_STAGES, data_override=override)
     _, val = load_split(base_ctx)
     contrasts = read_contrasts(dataset_path(base_ctx))
-    baseline = _scores(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors", val.records,
-                       val.class_names, contrasts)
+    baseline = _scores(val.records, val.class_names,
+                       _checkpoint_predictions(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors",
+                                               val.records), contrasts)
     rows: dict[str, dict[str, Any]] = {}
     out = run_dir / "ablate"
     for name in names:

@@ -30,17 +30,22 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def evaluate_teacher(ctx, records: list, class_names: list[str]):
-    """The run's best teacher on ``records`` (torch, kernels, DDPM features looked up by id).
+def teacher_predictions(ctx, records: list):
+    """The run's best teacher's predictions on ``records`` (torch, kernels, DDPM features looked up by id).
 
-    Returns (metrics, teacher, feature source, input size)."""
+    Returns (predictions, teacher, feature source, input size)."""
     from training.teacher.feature_source import with_features
     from training.teacher.model import load_teacher
 
     teacher, meta = load_teacher(ctx.stage_dir("teacher") / "weights" / "best.safetensors")
     source = feature_source(ctx)
     size = int(meta["input_size"])
-    preds = predict_records(teacher, records, size, forward=with_features(source))
+    return predict_records(teacher, records, size, forward=with_features(source)), teacher, source, size
+
+
+def evaluate_teacher(ctx, records: list, class_names: list[str]):
+    """The run's best teacher on ``records``: (metrics, teacher, feature source, input size)."""
+    preds, teacher, source, size = teacher_predictions(ctx, records)
     return evaluate_detections(records, class_names, preds), teacher, source, size
 
 
