@@ -160,7 +160,7 @@ def test_feature_lookup_is_moved_like_the_image(tiny_dataset: Path):
         marker = torch.zeros(1, 1, 96, 96)
         x1, y1, x2, y2 = base["boxes"][0].round().int().tolist()
         marker[..., y1:y2, x1:x2] = 1.0
-        warped = warp_features(marker, item["affine"][None], 96)[0, 0]
+        warped = warp_features(marker, item["tile_affine"][:1], 96)[0, 0]
         ys, xs = torch.nonzero(warped > 0.5, as_tuple=True)
         expect = item["boxes"][0]
         assert abs(float(xs.float().mean()) + 0.5 - float(expect[0] + expect[2]) / 2) < 1.5

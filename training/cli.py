@@ -64,6 +64,19 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from training.evaluation.compare import run_compare
+
+    config = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / config.name / "compare"
+    variants = args.variants.split(",") if args.variants else None
+    command = "python -m training " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
+    path = run_compare(config, args.seeds, out, variants=variants, data_override=args.data, command=command)
+    print(path.read_text())
+    print(f"comparison: {path.resolve()}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.data import split_dataset
     from training.detector.trainer import Trainer
@@ -190,8 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p)
     p.add_argument("--out", help="base run directory (default runs/<config name>); variants go under ablate/")
     p.add_argument("--variants", help="comma-separated subset of full,no_fft_filter,no_resvae,no_gate,"
-                                      "feature_kd_only,response_kd_only")
+                                      "feature_kd_only,response_kd_only,self_distill,continued_baseline")
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser("compare", help="baseline, teacher, student and the controls over several seeds: "
+                                       "compare.md with mean +- std (resumable)")
+    _add_config_arguments(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="detector seeds (train.seed)")
+    p.add_argument("--out", help="directory (default runs/<config name>/compare)")
+    p.add_argument("--variants", help="comma-separated (default full,self_distill,continued_baseline); any "
+                                      "ablation variant may be added")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("train", help="train the detector (also under torchrun --nproc-per-node N)")
     _add_config_arguments(p)

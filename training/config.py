@@ -46,6 +46,7 @@ class ModelConfig:
     input_size: int = 224  # square canvas, multiple of 32
     reg_max: int = 16  # box bins per side (distribution focal loss); 1 = direct distances
     seg_head: str = "auto"  # "auto" (when the dataset has masks), "on" or "off"
+    depthwise: bool = True  # depthwise-separable convs in the deep stages, neck and heads; false = dense convs
 
     def __post_init__(self) -> None:
         if self.size not in ("n", "s", "m"):
@@ -77,6 +78,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     cache_images: bool = True  # keep decoded images in memory
     num_threads: int = 0  # threads per process for every stage; 0 = OMP_NUM_THREADS, else usable cores / processes
+    seed: int | None = None  # the detector stages' seed (init, sampling, augmentation); None = the config's seed
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -232,6 +234,12 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def detector_seed(self) -> int:
+        """Seeds the detector stages (baseline, teacher, distillation); ``seed`` alone seeds the split, the DDPM,
+        its features and the ResVAE, so ``compare`` can vary the first and share the rest."""
+        return self.seed if self.train.seed is None else self.train.seed
+
     def section_hash(self, *sections: str, extra: dict[str, Any] | None = None) -> str:
         """Stable hash of the named sections, the seed and ``extra``: a stage reruns only when these change."""
         payload = {"seed": self.seed, "extra": extra or {},
@@ -252,7 +260,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
         kwargs[key] = _coerce(hints[key], val, f"{where}.{key}")
     try:
         return cls(**kwargs)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or a plain ValueError from a dataclass defined outside this module
         raise ConfigError(f"{where}: {exc}") from None
 
 

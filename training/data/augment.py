@@ -23,6 +23,19 @@ class AugmentConfig:
     brightness: float = 0.2  # +- fraction of full range
     contrast: float = 0.2  # +- gain fraction
     min_box_visibility: float = 0.3  # drop a box when less than this fraction of it stays in the image
+    mosaic: float = 0.0  # probability that an item is a mosaic of four canvases (training/data/mosaic.py)
+    close_mosaic: int = 0  # the last this many epochs of a training stage run without mosaic
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "mosaic", "min_box_visibility"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.close_mosaic < 0:
+            raise ValueError(f"close_mosaic must be >= 0, got {self.close_mosaic}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
 
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from diffdefect_edge.preprocess import letterbox
 from training.data.augment import AugmentConfig, augment_with_matrix
+from training.data.mosaic import TilePlacement, mosaic
 from training.data.records import DatasetError, Record
 from training.detector.loss import SEG_IGNORE
 
@@ -33,12 +34,19 @@ def read_mask(record: Record) -> np.ndarray | None:
     return mask
 
 
+MAX_TILES = 4
+
+
 class DetectionDataset(TorchDataset):
     """Item = dict(image uint8 (S, S, 3) BGR canvas, boxes (N, 4) canvas px, labels (N,), mask (S, S) or None).
 
-    ``augment=None`` gives the evaluation view. ``cache=True`` keeps decoded images in memory.
-    ``with_affine=True`` adds ``affine`` (2, 3): the map from the un-augmented canvas to this item's canvas (pixel
-    coordinates), which the teacher applies to the image's stored DDPM feature maps.
+    ``augment=None`` gives the evaluation view. ``cache=True`` keeps decoded images in memory. With
+    ``augment.mosaic > 0`` an item is, with that probability, a mosaic of its image and three others drawn at
+    random (off for the epochs :meth:`set_epoch` closes it for).
+    ``with_affine=True`` adds where the item's source canvases went, so the teacher can move each image's stored
+    DDPM feature maps the same way: ``tile_index`` (4,) the records used (-1: unused slot), ``tile_affine``
+    (4, 2, 3) the map from each un-augmented canvas to this item's canvas (pixels), ``tile_region`` (4, 4) the
+    part of this item's canvas each fills (x0, y0, x1, y1).
     """
 
     def __init__(self, records: list[Record], input_size: int, augment: AugmentConfig | None = None,
@@ -47,9 +55,11 @@ class DetectionDataset(TorchDataset):
         self.with_masks, self.cache, self.seed, self.with_affine = with_masks, cache, seed, with_affine
         self._cache: dict[int, np.ndarray] = {}
         self._epoch = 0
+        self._mosaic_open = True
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
+    def set_epoch(self, epoch: int, mosaic: bool = True) -> None:
+        """The epoch seeds the augmentation; ``mosaic=False`` closes mosaic for it."""
+        self._epoch, self._mosaic_open = epoch, mosaic
 
     def __len__(self) -> int:
         return len(self.records)
@@ -62,28 +72,68 @@ class DetectionDataset(TorchDataset):
             self._cache[index] = image
         return image
 
-    def __getitem__(self, index: int) -> dict:
+    def _canvas(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The record letterboxed to the canvas, with canvas boxes, labels and mask (the mosaic's tiles)."""
         rec = self.records[index]
-        image = self._image(index)
-        boxes, labels = rec.boxes.copy(), rec.class_ids.copy()
+        canvas, lb = letterbox(self._image(index), self.input_size)
         mask = read_mask(rec) if self.with_masks else None
-        matrix = np.eye(3)
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self._epoch, index])
-            image, boxes, labels, mask, matrix = augment_with_matrix(image, boxes, labels, mask, self.augment, rng)
-        canvas, lb = letterbox(image, self.input_size)
-        out = {"image": torch.from_numpy(canvas), "boxes": torch.from_numpy(lb.boxes_to_canvas(boxes)),
-               "labels": torch.from_numpy(labels.astype(np.int64)), "index": index}
-        if self.with_affine:  # canvas = L frame, augmented frame = A frame (same size) -> canvas' = L A L^-1 canvas
+        if mask is not None:
+            mask, _ = letterbox(mask, self.input_size, pad_value=0, interpolation=cv2.INTER_NEAREST)
+        return canvas, lb.boxes_to_canvas(rec.boxes.copy()), rec.class_ids.copy(), mask
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self._epoch, index])
+        aug = self.augment
+        size = self.input_size
+        if aug is not None and aug.mosaic > 0 and self._mosaic_open and rng.random() < aug.mosaic:
+            sources = [index, *(int(i) for i in rng.integers(0, len(self), MAX_TILES - 1))]
+            canvas, boxes, labels, mask, placements = mosaic([self._canvas(i) for i in sources], rng,
+                                                             aug.min_box_visibility, mask_ignore=SEG_IGNORE)
+            canvas, boxes, labels, mask, matrix = augment_with_matrix(canvas, boxes, labels, mask, aug, rng)
+            tiles = [(i, TilePlacement(matrix @ p.affine, _move_region(matrix, p.region, size)))
+                     for i, p in zip(sources, placements)]
+        else:
+            rec = self.records[index]
+            image, boxes, labels = self._image(index), rec.boxes.copy(), rec.class_ids.copy()
+            mask = read_mask(rec) if self.with_masks else None
+            matrix = np.eye(3)
+            if aug is not None:
+                image, boxes, labels, mask, matrix = augment_with_matrix(image, boxes, labels, mask, aug, rng)
+            canvas, lb = letterbox(image, size)
+            boxes = lb.boxes_to_canvas(boxes)
+            if mask is not None:
+                mask, _ = letterbox(mask, size, pad_value=0, interpolation=cv2.INTER_NEAREST)
+            # canvas = L frame, augmented frame = A frame (same size) -> canvas' = L A L^-1 canvas
             place = np.array([[lb.scale, 0, lb.pad_x], [0, lb.scale, lb.pad_y], [0, 0, 1]])
-            out["affine"] = torch.from_numpy((place @ matrix @ np.linalg.inv(place))[:2].astype(np.float32))
+            tiles = [(index, TilePlacement(place @ matrix @ np.linalg.inv(place), (0.0, 0.0, size, size)))]
+        out = {"image": torch.from_numpy(canvas), "boxes": torch.from_numpy(np.asarray(boxes, np.float32)),
+               "labels": torch.from_numpy(labels.astype(np.int64)), "index": index}
+        if self.with_affine:
+            out.update(_tile_tensors(tiles))
         if self.with_masks:
-            if mask is None:
-                out["mask"] = torch.full((self.input_size, self.input_size), SEG_IGNORE, dtype=torch.uint8)
-            else:
-                m, _ = letterbox(mask, self.input_size, pad_value=0, interpolation=cv2.INTER_NEAREST)
-                out["mask"] = torch.from_numpy(m)
+            out["mask"] = (torch.full((size, size), SEG_IGNORE, dtype=torch.uint8) if mask is None
+                           else torch.from_numpy(mask))
         return out
+
+
+def _move_region(matrix: np.ndarray, region: tuple[float, float, float, float], size: int
+                 ) -> tuple[float, float, float, float]:
+    """An axis-aligned region through a flip/zoom/shift matrix, clipped to the canvas."""
+    x0, y0, x1, y1 = region
+    corners = matrix @ np.array([[x0, x1], [y0, y1], [1.0, 1.0]])
+    xs, ys = np.sort(corners[0].clip(0, size)), np.sort(corners[1].clip(0, size))
+    return float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1])
+
+
+def _tile_tensors(tiles: list[tuple[int, TilePlacement]]) -> dict[str, torch.Tensor]:
+    index = torch.full((MAX_TILES,), -1, dtype=torch.long)
+    affine = torch.zeros(MAX_TILES, 2, 3)
+    region = torch.zeros(MAX_TILES, 4)
+    for slot, (i, placement) in enumerate(tiles):
+        index[slot] = i
+        affine[slot] = torch.from_numpy(placement.affine[:2].astype(np.float32))
+        region[slot] = torch.tensor(placement.region)
+    return {"tile_index": index, "tile_affine": affine, "tile_region": region}
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -100,8 +150,9 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
              "valid": valid, "index": torch.tensor([it["index"] for it in items])}
     if "mask" in items[0]:
         batch["masks"] = torch.stack([it["mask"] for it in items])
-    if "affine" in items[0]:
-        batch["affine"] = torch.stack([it["affine"] for it in items])
+    for key in ("tile_index", "tile_affine", "tile_region"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
     return batch
 
 

@@ -33,6 +33,9 @@ class DetectorSpec:
     size: str = "n"
     reg_max: int = 16  # bins per box side (distribution focal loss); 1 = direct distances
     seg_head: bool = False
+    # depthwise-separable convs in the deep backbone stages, the neck and the heads (fewer FLOPs), or dense 3 x 3
+    # convs throughout (more FLOPs, but CPUs run dense convs far closer to peak: choose by measured latency)
+    depthwise: bool = True
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -52,15 +55,16 @@ class DetectorOutput:
 
 
 class Backbone(nn.Module):
-    def __init__(self, widths: list[int], depths: list[int]) -> None:
+    def __init__(self, widths: list[int], depths: list[int], depthwise: bool = True) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = widths
+        dw = depthwise
         self.stem = ConvBNAct(3, c0, 3, 2)
         self.stage1 = nn.Sequential(ConvBNAct(c0, c1, 3, 2), CSPBlock(c1, c1, depths[0]))
         self.stage2 = nn.Sequential(ConvBNAct(c1, c2, 3, 2), CSPBlock(c2, c2, depths[1]))
-        # deeper stages are wide and low-resolution: depthwise-separable convs pay off there
-        self.stage3 = nn.Sequential(conv(c2, c3, 3, 2, depthwise=True), CSPBlock(c3, c3, depths[2], depthwise=True))
-        self.stage4 = nn.Sequential(conv(c3, c4, 3, 2, depthwise=True), CSPBlock(c4, c4, depths[3], depthwise=True),
+        # the deeper stages are wide and low-resolution: where depthwise-separable convs save the most FLOPs
+        self.stage3 = nn.Sequential(conv(c2, c3, 3, 2, depthwise=dw), CSPBlock(c3, c3, depths[2], depthwise=dw))
+        self.stage4 = nn.Sequential(conv(c3, c4, 3, 2, depthwise=dw), CSPBlock(c4, c4, depths[3], depthwise=dw),
                                     SPPF(c4, c4))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -74,15 +78,16 @@ class Backbone(nn.Module):
 class PANNeck(nn.Module):
     """Top-down then bottom-up path aggregation over P3/P4/P5."""
 
-    def __init__(self, widths: list[int], depth: int) -> None:
+    def __init__(self, widths: list[int], depth: int, depthwise: bool = True) -> None:
         super().__init__()
         _, _, c3, c4, c5 = widths
-        self.td4 = CSPBlock(c5 + c4, c4, depth, shortcut=False, depthwise=True)
+        dw = depthwise
+        self.td4 = CSPBlock(c5 + c4, c4, depth, shortcut=False, depthwise=dw)
         self.td3 = CSPBlock(c4 + c3, c3, depth, shortcut=False)
-        self.down3 = conv(c3, c3, 3, 2, depthwise=True)
-        self.bu4 = CSPBlock(c3 + c4, c4, depth, shortcut=False, depthwise=True)
-        self.down4 = conv(c4, c4, 3, 2, depthwise=True)
-        self.bu5 = CSPBlock(c4 + c5, c5, depth, shortcut=False, depthwise=True)
+        self.down3 = conv(c3, c3, 3, 2, depthwise=dw)
+        self.bu4 = CSPBlock(c3 + c4, c4, depth, shortcut=False, depthwise=dw)
+        self.down4 = conv(c4, c4, 3, 2, depthwise=dw)
+        self.bu5 = CSPBlock(c4 + c5, c5, depth, shortcut=False, depthwise=dw)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         p3, p4, p5 = feats
@@ -96,13 +101,15 @@ class PANNeck(nn.Module):
 class DecoupledHead(nn.Module):
     """Separate classification and regression branches for one pyramid level."""
 
-    def __init__(self, c_in: int, num_classes: int, reg_max: int, stride: int) -> None:
+    def __init__(self, c_in: int, num_classes: int, reg_max: int, stride: int, depthwise: bool = True,
+                 c_cls: int | None = None) -> None:
         super().__init__()
-        c_cls = max(c_in, min(num_classes * 4, 128))
+        c_cls = c_cls or max(c_in, min(num_classes * 4, 128))
         c_reg = max(16, c_in // 4, 4 * reg_max)
-        self.cls = nn.Sequential(conv(c_in, c_cls, 3, depthwise=True), conv(c_cls, c_cls, 3, depthwise=True),
+        dw = depthwise
+        self.cls = nn.Sequential(conv(c_in, c_cls, 3, depthwise=dw), conv(c_cls, c_cls, 3, depthwise=dw),
                                  nn.Conv2d(c_cls, num_classes, 1))
-        self.reg = nn.Sequential(conv(c_in, c_reg, 3, depthwise=True), conv(c_reg, c_reg, 3, depthwise=True),
+        self.reg = nn.Sequential(conv(c_in, c_reg, 3, depthwise=dw), conv(c_reg, c_reg, 3, depthwise=dw),
                                  nn.Conv2d(c_reg, 4 * reg_max, 1))
         prior = 0.01
         nn.init.constant_(self.cls[-1].bias, -math.log((1 - prior) / prior))
@@ -160,10 +167,13 @@ class DefectDetector(nn.Module):
         widths = [max(16, int(round(w * wm / 8)) * 8) for w in _BASE_WIDTHS]
         depths = [max(1, round(d * dm)) for d in _BASE_DEPTHS]
         self.widths = widths
-        self.backbone = Backbone(widths, depths)
-        self.neck = PANNeck(widths, depths[0])
+        self.backbone = Backbone(widths, depths, spec.depthwise)
+        self.neck = PANNeck(widths, depths[0], spec.depthwise)
         self.feature_channels = widths[2:]
-        self.heads = nn.ModuleList(DecoupledHead(c, spec.num_classes, spec.reg_max, s)
+        # dense heads share one classification width (the finest level's): dense 3 x 3 convs at 256 channels
+        # would cost more than the rest of the model
+        c_cls = None if spec.depthwise else max(self.feature_channels[0], min(spec.num_classes * 4, 128))
+        self.heads = nn.ModuleList(DecoupledHead(c, spec.num_classes, spec.reg_max, s, spec.depthwise, c_cls)
                                    for c, s in zip(self.feature_channels, STRIDES))
         self.seg = SegHead(self.feature_channels[0], spec.num_classes) if spec.seg_head else None
 

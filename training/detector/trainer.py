@@ -52,7 +52,7 @@ def model_spec(config: ExperimentConfig, dataset: Dataset) -> DetectorSpec:
     has_masks = any(r.mask_path is not None for r in dataset.records)
     seg = {"on": True, "off": False, "auto": has_masks}[config.model.seg_head]
     return DetectorSpec(num_classes=len(dataset.class_names), size=config.model.size,
-                        reg_max=config.model.reg_max, seg_head=seg)
+                        reg_max=config.model.reg_max, seg_head=seg, depthwise=config.model.depthwise)
 
 
 @dataclass
@@ -64,6 +64,7 @@ class TrainResult:
     seconds_per_epoch: float
     world_size: int
     parameters: int
+    seconds_per_validation: float = 0.0  # one validation pass (0 where none ran in this process)
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -97,7 +98,7 @@ class Trainer:
 
     # ---- pieces subclasses may extend ----
     def build_model(self) -> DefectDetector:
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.detector_seed)
         return DefectDetector(self.spec)
 
     def forward(self, model: nn.Module, images: torch.Tensor, batch: dict[str, torch.Tensor]) -> DetectorOutput:
@@ -169,9 +170,9 @@ class Trainer:
         self.loss_fn = DetectionLoss(self.spec.num_classes, self.spec.reg_max, self.input_size, tcfg.cls_loss,
                                      tcfg.box_loss)
         data = DetectionDataset(self.train_set.records, self.input_size, tcfg.augment, with_masks=self.spec.seg_head,
-                                cache=tcfg.cache_images, seed=cfg.seed, **self.dataset_options())
-        sampler = (DistributedSampler(data, shuffle=True, seed=cfg.seed, drop_last=True) if dist_info.enabled
-                   else RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed)))
+                                cache=tcfg.cache_images, seed=cfg.detector_seed, **self.dataset_options())
+        sampler = (DistributedSampler(data, shuffle=True, seed=cfg.detector_seed, drop_last=True) if dist_info.enabled
+                   else RandomSampler(data, generator=torch.Generator().manual_seed(cfg.detector_seed)))
         batch = max(1, tcfg.batch_size // dist_info.world_size)
         loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=collate, drop_last=len(data) > batch,
                             num_workers=tcfg.workers, persistent_workers=tcfg.workers > 0)
@@ -199,12 +200,13 @@ class Trainer:
             return loss, {"loss": float(loss.detach()) / images.shape[0], **parts}
 
         epoch_seconds: list[float] = []
+        validation_seconds: list[float] = []
         for epoch in range(start_epoch, self.epochs):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             else:
-                sampler.generator.manual_seed(cfg.seed + epoch)
-            data.set_epoch(epoch)
+                sampler.generator.manual_seed(cfg.detector_seed + epoch)
+            data.set_epoch(epoch, mosaic=epoch < self.epochs - tcfg.augment.close_mosaic)
             train_model.train()
             t0 = time.perf_counter()
             sums = loop.run_epoch(epoch, loader, iters, step, desc=f"{self.run_dir.name} {epoch + 1}/{self.epochs}",
@@ -217,7 +219,9 @@ class Trainer:
             last = epoch + 1 == self.epochs
             if dist_info.is_main:
                 if (epoch + 1) % tcfg.eval_every == 0 or last:
+                    t_val = time.perf_counter()
                     metrics = self.evaluate(deploy)
+                    validation_seconds.append(time.perf_counter() - t_val)
                     row.update(map50=round(metrics.map50, 5), map50_95=round(metrics.map50_95, 5))
                     fitness = 0.1 * metrics.map50 + 0.9 * metrics.map50_95
                     log.info("epoch %d: loss %.4f  mAP50 %.4f  mAP50:95 %.4f  (%.1f s)", epoch + 1, row["loss"],
@@ -236,11 +240,14 @@ class Trainer:
 
         checksums = all_gather_floats(dist_info, float(sum(p.detach().double().sum() for p in model.parameters())))
         per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else 0.0
+        per_validation = sum(validation_seconds) / len(validation_seconds) if validation_seconds else 0.0
         result = TrainResult(self.run_dir, self.epochs, best_epoch, best_metrics, per_epoch, dist_info.world_size,
-                             sum(p.numel() for p in model.parameters()))
+                             sum(p.numel() for p in model.parameters()), per_validation)
         if dist_info.is_main:
             summary = {"epochs": self.epochs, "best_epoch": best_epoch, "best_metrics": best_metrics,
-                       "seconds_per_epoch": round(per_epoch, 3), "world_size": dist_info.world_size,
+                       "seconds_per_epoch": round(per_epoch, 3),
+                       "seconds_per_validation": round(result.seconds_per_validation, 3),
+                       "world_size": dist_info.world_size,
                        "threads_per_process": threads, "parameters": result.parameters,
                        "param_checksum_per_rank": checksums}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

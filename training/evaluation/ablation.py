@@ -76,7 +76,7 @@ def link_unchanged_stages(base_ctx, ctx) -> list[str]:
     return linked
 
 
-def _checkpoint_predictions(path: Path, records: list) -> list:
+def checkpoint_predictions(path: Path, records: list) -> list:
     """A plain detector checkpoint's predictions on ``records`` (torch, decoded as the SDK does)."""
     from training.detector.checkpoint import load_detector
     from training.evaluation.torch_predict import predict_records
@@ -105,7 +105,7 @@ def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict
     _, val = load_split(ctx)
 
     def checkpoint(stage: str) -> dict[str, Any]:
-        preds = _checkpoint_predictions(ctx.stage_dir(stage) / "weights" / "best.safetensors", val.records)
+        preds = checkpoint_predictions(ctx.stage_dir(stage) / "weights" / "best.safetensors", val.records)
         return _scores(val.records, val.class_names, preds, contrasts)
 
     if name == "continued_baseline":
@@ -133,7 +133,7 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
     _, val = load_split(base_ctx)
     contrasts = read_contrasts(dataset_path(base_ctx))
     baseline = _scores(val.records, val.class_names,
-                       _checkpoint_predictions(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors",
+                       checkpoint_predictions(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors",
                                                val.records), contrasts)
     rows: dict[str, dict[str, Any]] = {}
     out = run_dir / "ablate"

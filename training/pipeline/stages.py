@@ -134,6 +134,7 @@ def _train_info(ctx: RunContext) -> dict[str, Any]:
 def _fit_summary(result) -> dict[str, Any]:
     return {"best_epoch": result.best_epoch, "map50": result.best_metrics.get("map50"),
             "map50_95": result.best_metrics.get("map50_95"), "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+            "seconds_per_validation": round(result.seconds_per_validation, 2),
             "parameters": result.parameters}
 
 

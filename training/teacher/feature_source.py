@@ -61,6 +61,22 @@ def warp_features(feats: torch.Tensor, affine: torch.Tensor, canvas_size: int) -
     return F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def tile_features(feats: torch.Tensor, owner: torch.Tensor, affine: torch.Tensor, region: torch.Tensor,
+                  batch_size: int, canvas_size: int) -> torch.Tensor:
+    """Feature maps of an augmented batch from those of its source canvases: tile ``t`` (feats[t], (C, g, g)) is
+    moved by ``affine[t]`` and fills the cells of item ``owner[t]`` whose centres lie in ``region[t]``
+    (x0, y0, x1, y1, canvas px); a plain item is one tile covering its whole canvas."""
+    warped = warp_features(feats, affine, canvas_size)
+    g = feats.shape[-1]
+    centres = (torch.arange(g, device=feats.device, dtype=feats.dtype) + 0.5) * (canvas_size / g)
+    x0, y0, x1, y1 = (region[:, i, None] for i in range(4))
+    inside_x = (centres[None] >= x0) & (centres[None] < x1)  # (T, g)
+    inside_y = (centres[None] >= y0) & (centres[None] < y1)
+    cells = (inside_y[:, :, None] & inside_x[:, None, :]).to(feats.dtype)  # (T, g, g)
+    out = torch.zeros(batch_size, *feats.shape[1:], dtype=feats.dtype, device=feats.device)
+    return out.index_add_(0, owner, warped * cells[:, None])
+
+
 class FeatureLookupMixin:
     """Shared by the teacher and distillation trainers: each item's augmentation matrix, and the feature lookup."""
 
@@ -73,9 +89,13 @@ class FeatureLookupMixin:
         return {"with_affine": True}
 
     def batch_features(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-        ids = [self.train_set.records[int(i)].image_id for i in batch["index"]]
-        feats = self.source(ids, device)
-        return warp_features(feats, batch["affine"], self.input_size) if "affine" in batch else feats
+        if "tile_index" not in batch:
+            return self.source([self.train_set.records[int(i)].image_id for i in batch["index"]], device)
+        used = batch["tile_index"] >= 0  # (B, 4)
+        owner = used.nonzero()[:, 0]
+        ids = [self.train_set.records[int(i)].image_id for i in batch["tile_index"][used]]
+        return tile_features(self.source(ids, device), owner.to(device), batch["tile_affine"][used].to(device),
+                             batch["tile_region"][used].to(device), len(batch["index"]), self.input_size)
 
 
 def with_features(source: FeatureSource) -> ForwardFn:

@@ -48,7 +48,7 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
         return self.config.teacher.lr or self.config.train.lr
 
     def build_model(self) -> TeacherDetector:
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.detector_seed)
         model = TeacherDetector(self.spec, self.source.channels, self.source.grid, fusion_options(self.config))
         if self.init_weights is not None:  # the fusion starts as the identity, so this starts at the baseline
             detector, _ = load_detector(self.init_weights)
