@@ -20,6 +20,23 @@ def test_sizes_have_the_documented_parameter_counts():
     assert s > 2 * n
 
 
+def test_dense_n_model_has_no_depthwise_conv_and_fits_the_flops_budget(tmp_path):
+    from training.detector.checkpoint import checkpoint_meta, load_detector
+    from training.detector.model import count_gflops
+    from training.engine.checkpoint import save_weights
+
+    dense = DefectDetector(DetectorSpec(6, "n", depthwise=False))
+    grouped = [m for m in dense.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert grouped == []
+    assert any(m.groups > 1 for m in DefectDetector(DetectorSpec(6, "n")).modules() if isinstance(m, torch.nn.Conv2d))
+    assert count_gflops(dense, 224) <= 1.0
+    # the flag travels with the checkpoint: the same layout is rebuilt
+    save_weights(tmp_path / "w.safetensors", dense.state_dict(), checkpoint_meta(dense.spec, list("abcdef"), {},
+                                                                                 input_size=224))
+    loaded, _ = load_detector(tmp_path / "w.safetensors")
+    assert loaded.spec.depthwise is False and count_parameters(loaded) == count_parameters(dense)
+
+
 @pytest.mark.parametrize("reg_max", [16, 1])
 def test_outputs_and_neck_features(reg_max):
     model = DefectDetector(DetectorSpec(3, "n", reg_max=reg_max, seg_head=True)).eval()

@@ -19,6 +19,7 @@ import copy
 import datetime
 import json
 import logging
+import math
 import platform
 import statistics
 from dataclasses import dataclass
@@ -175,9 +176,12 @@ def run_compare(config: ExperimentConfig, seeds: list[int], out: str | Path, var
     return path
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    values = [float(v) for v in values]  # numpy scalars and ints mixed would trip statistics' exact arithmetic
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value) of the values that are numbers (a class absent from
+    the validation split has a NaN AP); None when none is."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -193,13 +197,12 @@ def summarise(scores: dict[int, dict[str, dict[str, Any]]], rows: list[str], cla
                                             for s in seeds}}
         for metric in ("map50", "map50_95"):
             row[metric] = mean_std([p[metric] for p in per_seed])
-        row["per_class_ap50_95"] = {c: mean_std([p["per_class_ap50_95"].get(c, 0.0) for p in per_seed])
+        row["per_class_ap50_95"] = {c: mean_std([p["per_class_ap50_95"].get(c) for p in per_seed])
                                     for c in class_names}
         if "ap50_by_contrast" in per_seed[0]:
             row["ap50_by_contrast"] = {}
             for b in per_seed[0]["ap50_by_contrast"]:
-                values = [p["ap50_by_contrast"][b] for p in per_seed if p["ap50_by_contrast"].get(b) is not None]
-                row["ap50_by_contrast"][b] = mean_std(values) if values else None
+                row["ap50_by_contrast"][b] = mean_std([p["ap50_by_contrast"].get(b) for p in per_seed])
         out["rows"][name] = row
     for a, b, target in CLAIMS:
         if a in out["rows"] and b in out["rows"]:
