@@ -72,13 +72,17 @@ class DetectionDataset(TorchDataset):
             self._cache[index] = image
         return image
 
+    def _canvas_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """A frame's class-index mask letterboxed like its image (nearest class, background padding)."""
+        if mask is None:
+            return None
+        return letterbox(mask, self.input_size, pad_value=0, interpolation=cv2.INTER_NEAREST)[0]
+
     def _canvas(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """The record letterboxed to the canvas, with canvas boxes, labels and mask (the mosaic's tiles)."""
         rec = self.records[index]
         canvas, lb = letterbox(self._image(index), self.input_size)
-        mask = read_mask(rec) if self.with_masks else None
-        if mask is not None:
-            mask, _ = letterbox(mask, self.input_size, pad_value=0, interpolation=cv2.INTER_NEAREST)
+        mask = self._canvas_mask(read_mask(rec) if self.with_masks else None)
         return canvas, lb.boxes_to_canvas(rec.boxes.copy()), rec.class_ids.copy(), mask
 
     def __getitem__(self, index: int) -> dict:
@@ -100,9 +104,7 @@ class DetectionDataset(TorchDataset):
             if aug is not None:
                 image, boxes, labels, mask, matrix = augment_with_matrix(image, boxes, labels, mask, aug, rng)
             canvas, lb = letterbox(image, size)
-            boxes = lb.boxes_to_canvas(boxes)
-            if mask is not None:
-                mask, _ = letterbox(mask, size, pad_value=0, interpolation=cv2.INTER_NEAREST)
+            boxes, mask = lb.boxes_to_canvas(boxes), self._canvas_mask(mask)
             # canvas = L frame, augmented frame = A frame (same size) -> canvas' = L A L^-1 canvas
             place = np.array([[lb.scale, 0, lb.pad_x], [0, lb.scale, lb.pad_y], [0, 0, 1]])
             tiles = [(index, TilePlacement(place @ matrix @ np.linalg.inv(place), (0.0, 0.0, size, size)))]

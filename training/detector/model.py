@@ -98,13 +98,18 @@ class PANNeck(nn.Module):
         return [n3, n4, n5]
 
 
+def classification_width(c_in: int, num_classes: int) -> int:
+    """Channels of a head's classification branch: at least its input's, more for many classes (up to 128)."""
+    return max(c_in, min(num_classes * 4, 128))
+
+
 class DecoupledHead(nn.Module):
     """Separate classification and regression branches for one pyramid level."""
 
     def __init__(self, c_in: int, num_classes: int, reg_max: int, stride: int, depthwise: bool = True,
                  c_cls: int | None = None) -> None:
         super().__init__()
-        c_cls = c_cls or max(c_in, min(num_classes * 4, 128))
+        c_cls = c_cls or classification_width(c_in, num_classes)
         c_reg = max(16, c_in // 4, 4 * reg_max)
         dw = depthwise
         self.cls = nn.Sequential(conv(c_in, c_cls, 3, depthwise=dw), conv(c_cls, c_cls, 3, depthwise=dw),
@@ -172,7 +177,7 @@ class DefectDetector(nn.Module):
         self.feature_channels = widths[2:]
         # dense heads share one classification width (the finest level's): dense 3 x 3 convs at 256 channels
         # would cost more than the rest of the model
-        c_cls = None if spec.depthwise else max(self.feature_channels[0], min(spec.num_classes * 4, 128))
+        c_cls = None if spec.depthwise else classification_width(self.feature_channels[0], spec.num_classes)
         self.heads = nn.ModuleList(DecoupledHead(c, spec.num_classes, spec.reg_max, s, spec.depthwise, c_cls)
                                    for c, s in zip(self.feature_channels, STRIDES))
         self.seg = SegHead(self.feature_channels[0], spec.num_classes) if spec.seg_head else None

@@ -85,12 +85,13 @@ def checkpoint_predictions(path: Path, records: list) -> list:
     return predict_records(model, records, int(meta["input_size"]))
 
 
-def _scores(records: list, class_names: list[str], preds: list, contrasts: dict | None) -> dict[str, Any]:
-    """mAP of ``preds`` on ``records``, and AP50 per contrast bin when the contrasts are known."""
+def score_predictions(records: list, class_names: list[str], preds: list, contrasts: dict | None) -> dict[str, Any]:
+    """mAP and per-class AP50:95 of ``preds`` on ``records``, and AP50 per contrast bin when the contrasts are
+    known."""
     from training.evaluation.metrics import contrast_bin_metrics, evaluate_detections
 
     m = evaluate_detections(records, class_names, preds)
-    out: dict[str, Any] = {"map50": m.map50, "map50_95": m.map50_95}
+    out: dict[str, Any] = {"map50": m.map50, "map50_95": m.map50_95, "per_class_ap50_95": m.per_class_ap50_95}
     if contrasts is not None:
         bins = contrast_bin_metrics(records, class_names, preds, contrasts)
         out["ap50_by_contrast"] = {k: (v.map50 if v is not None else None) for k, v in bins.items()}
@@ -106,13 +107,13 @@ def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict
 
     def checkpoint(stage: str) -> dict[str, Any]:
         preds = checkpoint_predictions(ctx.stage_dir(stage) / "weights" / "best.safetensors", val.records)
-        return _scores(val.records, val.class_names, preds, contrasts)
+        return score_predictions(val.records, val.class_names, preds, contrasts)
 
     if name == "continued_baseline":
         return {"teacher": None, "student": checkpoint("baseline")}
     teacher = None
     if ctx.config.distill.teacher == "ddpm":
-        teacher = _scores(val.records, val.class_names, teacher_predictions(ctx, val.records)[0], contrasts)
+        teacher = score_predictions(val.records, val.class_names, teacher_predictions(ctx, val.records)[0], contrasts)
     return {"teacher": teacher, "student": checkpoint("distill")}
 
 
@@ -132,7 +133,7 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
     run_pipeline(config, run_dir, stages=TRAINING_STAGES, data_override=override)
     _, val = load_split(base_ctx)
     contrasts = read_contrasts(dataset_path(base_ctx))
-    baseline = _scores(val.records, val.class_names,
+    baseline = score_predictions(val.records, val.class_names,
                        checkpoint_predictions(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors",
                                                val.records), contrasts)
     rows: dict[str, dict[str, Any]] = {}

@@ -15,7 +15,6 @@ evaluates only what changed.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import logging
@@ -26,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import ExperimentConfig, config_from_dict
+from training.config import ExperimentConfig
 from training.evaluation.ablation import (
     ABLATIONS,
     TRAINING_STAGES,
     VARIANT_STAGES,
     checkpoint_predictions,
     link_unchanged_stages,
+    score_predictions,
     variant_config,
 )
 
@@ -66,15 +66,8 @@ def rows_of(variant: str, config: ExperimentConfig) -> list[ModelRow]:
     return rows + [ModelRow(f"{variant} student", variant, "distill")]
 
 
-def seed_config(config: ExperimentConfig, seed: int) -> ExperimentConfig:
-    values = copy.deepcopy(config.to_dict())
-    values["train"]["seed"] = seed
-    return config_from_dict(json.loads(json.dumps(values)), where=f"compare seed {seed}")
-
-
 def _score(ctx, row: ModelRow, val, contrasts: dict | None) -> dict[str, Any]:
     """The row's scores on the validation split, reused while the stage that made the model is unchanged."""
-    from training.evaluation.metrics import contrast_bin_metrics, evaluate_detections
     from training.evaluation.report import teacher_predictions
     from training.pipeline.runner import completed_key
     from training.pipeline.stages import STAGES_BY_NAME
@@ -89,11 +82,7 @@ def _score(ctx, row: ModelRow, val, contrasts: dict | None) -> dict[str, Any]:
         preds = teacher_predictions(ctx, val.records)[0]
     else:
         preds = checkpoint_predictions(ctx.stage_dir(row.stage) / "weights" / "best.safetensors", val.records)
-    m = evaluate_detections(val.records, val.class_names, preds)
-    scores: dict[str, Any] = {"map50": m.map50, "map50_95": m.map50_95, "per_class_ap50_95": m.per_class_ap50_95}
-    if contrasts is not None:
-        bins = contrast_bin_metrics(val.records, val.class_names, preds, contrasts)
-        scores["ap50_by_contrast"] = {k: (v.map50 if v is not None else None) for k, v in bins.items()}
+    scores = score_predictions(val.records, val.class_names, preds, contrasts)
     cache.write_text(json.dumps({"key": key, "scores": scores}, indent=1))
     return scores
 
@@ -137,7 +126,7 @@ def run_compare(config: ExperimentConfig, seeds: list[int], out: str | Path, var
     scores: dict[int, dict[str, dict[str, Any]]] = {}
     timing: dict[str, list[dict[str, float]]] = {}
     for seed in seeds:
-        cfg = seed_config(config, seed)
+        cfg = variant_config(config, {"train": {"seed": seed}})
         full = RunContext(cfg, out / f"seed-{seed}" / "full", override)
         link_unchanged_stages(shared, full)
         run_pipeline(cfg, full.run_dir, stages=TRAINING_STAGES if "full" in variants else ["data", "baseline"],
