@@ -107,7 +107,7 @@ def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline
     run, _ = tiny_pipeline_run
     base = load_config(tiny_pipeline_config)
     base_ctx = RunContext(base, run)
-    self_distill = variant_config(base, ABLATIONS["self_distill"], "self_distill")
+    self_distill = variant_config(base, ABLATIONS["self_distill"])
     assert self_distill.distill.teacher == "baseline" and base.distill.teacher == "ddpm"
     ctx = RunContext(self_distill, tmp_path / "self_distill")
     assert "distill" not in link_unchanged_stages(base_ctx, ctx)
@@ -115,10 +115,28 @@ def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline
     assert not res["distill"].get("skipped")
     student, meta = load_detector(ctx.stage_dir("distill") / "weights" / "best.safetensors")
     assert meta["distilled_from"] == "baseline" and student.spec.num_classes == 6
-    longer = variant_config(base, ABLATIONS["continued_baseline"], "continued_baseline")
-    assert longer.train.epochs == base.train.epochs + (base.teacher.epochs or base.train.epochs)
-    assert VARIANT_STAGES["continued_baseline"] == ["data", "baseline"]
-    assert "baseline" not in link_unchanged_stages(base_ctx, RunContext(longer, tmp_path / "longer"))
+    assert VARIANT_STAGES["continued_baseline"] == ["data", "baseline", "continued"]
+    control = RunContext(variant_config(base, ABLATIONS["continued_baseline"]), tmp_path / "continued")
+    assert "baseline" in link_unchanged_stages(base_ctx, control)  # it continues the very baseline trained
+    assert not (run / "continued").exists()  # an optional stage: a plain run never trains it
+    res = run_pipeline(control.config, control.run_dir, stages=VARIANT_STAGES["continued_baseline"])
+    assert res["baseline"]["skipped"] and not res["continued"].get("skipped")
+    summary = json.loads((control.stage_dir("continued") / "summary.json").read_text())
+    assert summary["epochs"] == (base.teacher.epochs or base.train.epochs)  # the teacher's schedule
+    baseline, _ = load_detector(base_ctx.stage_dir("baseline") / "weights" / "best.safetensors")
+    continued, meta = load_detector(control.stage_dir("continued") / "weights" / "best.safetensors")
+    assert continued.spec == baseline.spec
+    # it starts from the trained baseline's weights, not from scratch
+    from training.detector.continued import ContinuedBaselineTrainer
+    from training.pipeline import load_split
+
+    train, val = load_split(control)
+    weights = base_ctx.stage_dir("baseline") / "weights" / "best.safetensors"
+    start = ContinuedBaselineTrainer(control.config, train, val, tmp_path / "unused", weights).build_model()
+    assert all(torch.equal(v, baseline.state_dict()[k]) for k, v in start.state_dict().items())
+    other = variant_config(base, {"model": {"depthwise": not base.model.depthwise}})
+    with pytest.raises(ValueError, match="best.safetensors: detector .* differs"):
+        ContinuedBaselineTrainer(other, train, val, tmp_path / "unused", weights).build_model()
 
 
 def test_ap_by_contrast_bin_counts_only_that_bins_boxes():

@@ -9,7 +9,8 @@ Variants (each a config override of the base config):
     feature_kd_only   distillation without the response term
     response_kd_only  distillation without the feature term
     self_distill      the control: the same distillation with the trained baseline as teacher (no DDPM features)
-    continued_baseline  the control: the baseline trained for the teacher's extra epochs too (no distillation)
+    continued_baseline  the control: the trained baseline given the teacher's extra epochs at the teacher's
+                      learning rate (stage ``continued``: no DDPM features, no distillation)
 
 Each variant runs in ``RUN/ablate/<variant>``; stages whose config is unchanged (data, DDPM, features, and
 wherever possible ResVAE, teacher, baseline) are linked from the base run instead of being recomputed. The
@@ -37,19 +38,15 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "feature_kd_only": {"distill": {"response_weight": 0.0}},
     "response_kd_only": {"distill": {"feature_weight": 0.0}},
     "self_distill": {"distill": {"teacher": "baseline"}},
-    "continued_baseline": {},  # train.epochs + the teacher's epochs: made from the base config in variant_config
+    "continued_baseline": {},  # the base config; its own stage, ``continued``, is the control
 }
 # the stages each variant needs (the default: TRAINING_STAGES)
-VARIANT_STAGES = {"continued_baseline": ["data", "baseline"]}
+VARIANT_STAGES = {"continued_baseline": ["data", "baseline", "continued"]}
 TRAINING_STAGES = ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill"]
 
 
-def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]],
-                   name: str | None = None) -> ExperimentConfig:
+def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]]) -> ExperimentConfig:
     values = copy.deepcopy(base.to_dict())
-    if name == "continued_baseline":  # as many supervised epochs as the teacher had in all
-        extra = base.teacher.epochs or base.train.epochs
-        overrides = {"train": {"epochs": base.train.epochs + extra}}
     for section, changes in overrides.items():
         values[section].update(changes)
     return config_from_dict(json.loads(json.dumps(values)), where=f"ablation {overrides}")
@@ -99,7 +96,7 @@ def score_predictions(records: list, class_names: list[str], preds: list, contra
 
 
 def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict[str, Any]:
-    """Teacher and student (for continued_baseline: its longer-trained baseline) on the validation split (torch)."""
+    """Teacher and student (for continued_baseline: the continued baseline) on the validation split (torch)."""
     from training.evaluation.report import teacher_predictions
     from training.pipeline import load_split
 
@@ -110,7 +107,7 @@ def evaluate_run(ctx, name: str = "full", contrasts: dict | None = None) -> dict
         return score_predictions(val.records, val.class_names, preds, contrasts)
 
     if name == "continued_baseline":
-        return {"teacher": None, "student": checkpoint("baseline")}
+        return {"teacher": None, "student": checkpoint("continued")}
     teacher = None
     if ctx.config.distill.teacher == "ddpm":
         teacher = score_predictions(val.records, val.class_names, teacher_predictions(ctx, val.records)[0], contrasts)
@@ -142,7 +139,7 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
         if name == "full":
             ctx = base_ctx
         else:
-            cfg = variant_config(config, ABLATIONS[name], name)
+            cfg = variant_config(config, ABLATIONS[name])
             ctx = RunContext(cfg, out / name, override)
             linked = link_unchanged_stages(base_ctx, ctx)
             log.info("ablation %s: reusing %s from the base run", name, linked)
@@ -164,8 +161,8 @@ def render_ablations(name: str, num_val: int, baseline: dict[str, Any], rows: di
     lines = [f"# Ablations: {name}", "",
              f"Validation split, {num_val} images, torch evaluation. Baseline (student architecture alone): "
              f"mAP50 {f(baseline['map50'])}, mAP50:95 {f(baseline['map50_95'])}. `self_distill` distils from the "
-             "trained baseline (no DDPM features); `continued_baseline` is the baseline given the teacher's extra "
-             "epochs (its row's student is that baseline).", "",
+             "trained baseline (no DDPM features); `continued_baseline` is the trained baseline given the "
+             "teacher's extra epochs at its learning rate, no DDPM features (its row's student is that model).", "",
              "| variant | teacher mAP50 | teacher mAP50:95 | student mAP50 | student mAP50:95 | student vs baseline "
              "(mAP50:95) |", "|---|---:|---:|---:|---:|---:|"]
     for variant, r in rows.items():

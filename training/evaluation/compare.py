@@ -50,7 +50,7 @@ class ModelRow:
 
     name: str
     variant: str
-    stage: str  # baseline | teacher | distill
+    stage: str  # baseline | continued | teacher | distill
 
 
 def rows_of(variant: str, config: ExperimentConfig) -> list[ModelRow]:
@@ -58,10 +58,10 @@ def rows_of(variant: str, config: ExperimentConfig) -> list[ModelRow]:
         return [ModelRow("baseline", "full", "baseline"), ModelRow("teacher", "full", "teacher"),
                 ModelRow("student", "full", "distill")]
     if variant == "continued_baseline":
-        return [ModelRow("continued_baseline", variant, "baseline")]
+        return [ModelRow("continued_baseline", variant, "continued")]
     if variant == "self_distill":
         return [ModelRow("self_distill", variant, "distill")]
-    cfg = variant_config(config, ABLATIONS[variant], variant)
+    cfg = variant_config(config, ABLATIONS[variant])
     rows = [ModelRow(f"{variant} teacher", variant, "teacher")] if cfg.distill.teacher == "ddpm" else []
     return rows + [ModelRow(f"{variant} student", variant, "distill")]
 
@@ -114,7 +114,7 @@ def run_compare(config: ExperimentConfig, seeds: list[int], out: str | Path, var
         raise ValueError(f"--seeds: give distinct seeds, got {seeds}")
     out = Path(out)
     override = Path(data_override) if data_override else None
-    needs_ddpm = any(VARIANT_STAGES.get(v, TRAINING_STAGES) != ["data", "baseline"] for v in variants)
+    needs_ddpm = any("ddpm" in VARIANT_STAGES.get(v, TRAINING_STAGES) for v in variants)
     shared = RunContext(config, out / "shared", override)
     run_pipeline(config, shared.run_dir, stages=SHARED_STAGES if needs_ddpm else ["data"], data_override=override)
     _, val = load_split(shared)
@@ -135,7 +135,7 @@ def run_compare(config: ExperimentConfig, seeds: list[int], out: str | Path, var
         for variant in variants:
             if variant == "full":
                 continue
-            vcfg = variant_config(cfg, ABLATIONS[variant], variant)
+            vcfg = variant_config(cfg, ABLATIONS[variant])
             ctx = RunContext(vcfg, out / f"seed-{seed}" / variant, override)
             link_unchanged_stages(full, ctx)
             link_unchanged_stages(shared, ctx)

@@ -98,7 +98,8 @@ def _prepare(ctx: RunContext, stage: Stage, key: str, force: bool) -> None:
 
 def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str] | None = None,
                  data_override: str | Path | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
-    """Run the named stages (default: all) in order; skip those already done with the same inputs.
+    """Run the named stages (default: all but the optional controls) in order; skip those already done with the
+    same inputs.
 
     ``force`` reruns the named stages from scratch: each one's outputs are cleared first.
     """
@@ -110,7 +111,7 @@ def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str
     save_config(config, ctx.run_dir / "config.yaml")
     results: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        if stages and stage.name not in stages:
+        if (stage.name not in stages) if stages else stage.optional:
             continue
         key = stage_key(ctx, stage)
         ctx.keys[stage.name] = key

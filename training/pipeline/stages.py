@@ -5,6 +5,8 @@
     features  DDPM activations of every image (raw feature repository)  -> RUN/features/raw/
     resvae    ResVAE on the raw features; latent repository (fp16)       -> RUN/resvae/{resvae.safetensors,latents/}
     baseline  the student architecture trained alone (the control)       -> RUN/baseline/weights/*.safetensors
+    continued the baseline trained on for the teacher's epochs, no DDPM    -> RUN/continued/weights/*.safetensors
+              (optional: the control for the teacher's extra epochs; run only when named)
     teacher   detector + FFT-filtered dynamic cross-attention fusion     -> RUN/teacher/weights/*.safetensors
               (by default its detector starts from the baseline and the whole teacher is fine-tuned)
     distill   the student trained from the frozen teacher                -> RUN/distill/weights/*.safetensors
@@ -46,6 +48,7 @@ class Stage:
     fn: Callable[[RunContext], dict[str, Any]]
     inputs: tuple[str, ...] = ()  # upstream stages whose outputs it reads
     outputs: tuple[str, ...] = ()  # run-directory folders it writes (default: its own)
+    optional: bool = False  # runs only when named (a control for compare / ablate), never by default
 
     @property
     def output_dirs(self) -> tuple[str, ...]:
@@ -156,6 +159,16 @@ def stage_baseline(ctx: RunContext) -> dict[str, Any]:
                                 dataset_info=_train_info(ctx)).fit())
 
 
+def stage_continued(ctx: RunContext) -> dict[str, Any]:
+    from training.detector.continued import ContinuedBaselineTrainer
+
+    train, val = load_split(ctx)
+    trainer = ContinuedBaselineTrainer(ctx.config, train, val, ctx.stage_dir("continued"),
+                                       ctx.stage_dir("baseline") / "weights" / "best.safetensors", resume="auto",
+                                       dataset_info=_train_info(ctx))
+    return _fit_summary(trainer.fit())
+
+
 def stage_distill(ctx: RunContext) -> dict[str, Any]:
     from training.distill.trainer import DistillTrainer
 
@@ -206,6 +219,7 @@ STAGES: list[Stage] = [
     Stage("features", FEATURE_SECTIONS, stage_features, inputs=("data", "ddpm")),
     Stage("resvae", RESVAE_SECTIONS, stage_resvae, inputs=("data", "features")),
     Stage("baseline", TRAIN_SECTIONS, stage_baseline, inputs=("data",)),
+    Stage("continued", TRAIN_SECTIONS + ("teacher",), stage_continued, inputs=("data", "baseline"), optional=True),
     Stage("teacher", TEACHER_SECTIONS, stage_teacher, inputs=("data", "features", "resvae", "baseline")),
     Stage("distill", DISTILL_SECTIONS, stage_distill, inputs=("data", "features", "resvae", "baseline", "teacher")),
     Stage("export", DISTILL_SECTIONS + ("export",), stage_export, inputs=("data", "baseline", "distill"),

@@ -1,0 +1,43 @@
+"""Stage ``continued``: the trained baseline given the teacher's extra epochs, the control for them.
+
+The teacher starts from the baseline's weights and trains ``teacher.epochs`` more at ``teacher.lr``. This trainer
+does exactly that without the DDPM features or the fusion, so ``teacher - continued`` is what the features add
+beyond the extra supervised epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import ExperimentConfig
+from training.data.records import Dataset
+from training.detector import DefectDetector
+from training.detector.checkpoint import load_detector
+from training.detector.trainer import Trainer
+
+
+class ContinuedBaselineTrainer(Trainer):
+    def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
+                 baseline_weights: str | Path, resume: bool | str = "auto",
+                 dataset_info: dict[str, Any] | None = None) -> None:
+        super().__init__(config, train_set, val_set, run_dir, resume, dataset_info)
+        self.baseline_weights = Path(baseline_weights)
+
+    @property
+    def epochs(self) -> int:  # the teacher's schedule, so the two differ only by the features
+        return self.config.teacher.epochs or self.config.train.epochs
+
+    @property
+    def base_lr(self) -> float:
+        return self.config.teacher.lr or self.config.train.lr
+
+    def build_model(self) -> DefectDetector:
+        torch.manual_seed(self.config.detector_seed)
+        detector, _ = load_detector(self.baseline_weights)
+        if detector.spec != self.spec:
+            raise ValueError(f"{self.baseline_weights}: detector {detector.spec} differs from the configured "
+                             f"{self.spec}")
+        return detector
