@@ -102,6 +102,40 @@ def test_assigner_picks_anchors_inside_the_box_and_scales_targets_by_quality():
     assert torch.all(asg.target_scores[0, ~fg] == 0)
 
 
+@pytest.mark.parametrize("alpha, winner", [(1.0, "confident"), (0.0, "accurate")])
+def test_assigner_alpha_trades_score_against_iou(alpha, winner):
+    """Two anchors inside one box: one scores high with a loose box, one scores low with an exact box. alpha
+    weighs the score in score**alpha * IoU**beta, so it decides which one a top-1 assignment takes."""
+    anchors, _ = make_anchors(64)
+    a = len(anchors)
+    gt = torch.tensor([[[8.0, 8.0, 40.0, 40.0]]])
+    inside = ((anchors > 8) & (anchors < 40)).all(-1).nonzero()[:, 0]
+    confident, accurate = int(inside[0]), int(inside[1])
+    pred_boxes = torch.zeros(1, a, 4)
+    pred_boxes[0, confident] = torch.tensor([8.0, 8.0, 40.0, 36.0])  # IoU 0.875
+    pred_boxes[0, accurate] = gt[0, 0]  # IoU 1
+    scores = torch.full((1, a, 1), 1e-3)
+    scores[0, confident], scores[0, accurate] = 0.9, 0.3  # 0.9 * 0.875**6 = 0.40 > 0.3; 0.875**6 < 1
+    asg = TaskAlignedAssigner(topk=1, alpha=alpha)(scores, pred_boxes, anchors, torch.tensor([[0]]), gt,
+                                                   torch.tensor([[True]]))
+    assert asg.fg_mask[0].nonzero()[:, 0].tolist() == [{"confident": confident, "accurate": accurate}[winner]]
+
+
+def test_loss_takes_the_configured_weights_and_assigner():
+    from training.config import AssignerConfig, LossWeights
+
+    torch.manual_seed(0)
+    out = DefectDetector(DetectorSpec(2, "n"))(torch.randn(1, 3, 64, 64))
+    batch = {"boxes": torch.tensor([[[8.0, 8.0, 40.0, 30.0]]]), "labels": torch.tensor([[1]]),
+             "valid": torch.ones(1, 1, dtype=torch.bool)}
+    total, parts = DetectionLoss(2, 16, 64)(out, batch)
+    assert float(total) == pytest.approx(7.5 * parts["box"] + 0.5 * parts["cls"] + 1.5 * parts["dfl"], rel=1e-5)
+    cls_only, _ = DetectionLoss(2, 16, 64, weights=LossWeights(box=0, cls=2, dfl=0))(out, batch)
+    assert float(cls_only) == pytest.approx(2 * parts["cls"], rel=1e-5)
+    loss = DetectionLoss(2, 16, 64, assigner=AssignerConfig(topk=3, alpha=0.5, beta=4.0))
+    assert (loss.assigner.topk, loss.assigner.alpha, loss.assigner.beta) == (3, 0.5, 4.0)
+
+
 def test_padding_boxes_never_get_anchors():
     anchors, _ = make_anchors(64)
     gt = torch.zeros(1, 3, 4)

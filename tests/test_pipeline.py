@@ -69,6 +69,12 @@ def test_set_overrides_config_values_and_names_bad_ones():
         load_config(path, ["train.epochs.x=1"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path, ["train.lr=[1"])
+    nested = load_config(path, ["train.assigner.alpha=0.5", "train.loss_weights.cls=1"])
+    assert (nested.train.assigner.alpha, nested.train.loss_weights.cls, nested.train.loss_weights.box) == (0.5, 1, 7.5)
+    with pytest.raises(ConfigError, match="train.assigner: assigner.topk must be >= 1"):
+        load_config(path, ["train.assigner.topk=0"])
+    with pytest.raises(ConfigError, match="train.loss_weights: loss_weights.dfl must be >= 0"):
+        load_config(path, ["train.loss_weights.dfl=-1"])
 
 
 def test_run_command_takes_set_and_reports_a_bad_key(tmp_path: Path, capsys):

@@ -60,6 +60,36 @@ class ModelConfig:
 
 
 @dataclass
+class LossWeights:
+    """Weights of the detection loss's parts (box IoU, classification, distribution focal, segmentation)."""
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    seg: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if value < 0:
+                raise ConfigError(f"loss_weights.{name} must be >= 0, got {value}")
+
+
+@dataclass
+class AssignerConfig:
+    """Task-aligned label assignment: each box takes the ``topk`` candidate anchors by score**alpha * IoU**beta."""
+
+    topk: int = 10
+    alpha: float = 1.0
+    beta: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise ConfigError(f"assigner.topk must be >= 1, got {self.topk}")
+        if self.alpha < 0 or self.beta < 0:
+            raise ConfigError(f"assigner.alpha and assigner.beta must be >= 0, got {self.alpha}, {self.beta}")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 40
     batch_size: int = 16
@@ -74,6 +104,8 @@ class TrainConfig:
     ema_tau: float = 200.0  # EMA warm-up in updates
     cls_loss: str = "varifocal"  # or "bce"
     box_loss: str = "ciou"  # "giou", "ciou" or "iou"
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
     eval_every: int = 5  # epochs between validation mAP runs (the last epoch always runs one)
     workers: int = 0  # DataLoader worker processes
     cache_images: bool = True  # keep decoded images in memory

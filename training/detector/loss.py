@@ -3,11 +3,10 @@ weighted by target quality, distribution focal loss on the box bins, and the opt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from training.config import AssignerConfig, LossWeights
 from training.detector.assigner import TaskAlignedAssigner
 from training.detector.boxes import aligned_iou
 from training.detector.model import DetectorOutput, dist_to_ltrb, ltrb_to_xyxy, make_anchors
@@ -15,17 +14,10 @@ from training.detector.model import DetectorOutput, dist_to_ltrb, ltrb_to_xyxy, 
 SEG_IGNORE = 255
 
 
-@dataclass
-class LossWeights:
-    box: float = 7.5
-    cls: float = 0.5
-    dfl: float = 1.5
-    seg: float = 1.0
-
-
 class DetectionLoss:
     def __init__(self, num_classes: int, reg_max: int, input_size: int, cls_loss: str = "varifocal",
-                 box_loss: str = "ciou", weights: LossWeights | None = None, topk: int = 10) -> None:
+                 box_loss: str = "ciou", weights: LossWeights | None = None,
+                 assigner: AssignerConfig | None = None) -> None:
         if cls_loss not in ("bce", "varifocal"):
             raise ValueError(f"cls_loss must be 'bce' or 'varifocal', got {cls_loss!r}")
         if box_loss not in ("iou", "giou", "ciou"):
@@ -33,7 +25,8 @@ class DetectionLoss:
         self.num_classes, self.reg_max, self.input_size = num_classes, reg_max, input_size
         self.cls_loss, self.box_loss = cls_loss, box_loss
         self.weights = weights or LossWeights()
-        self.assigner = TaskAlignedAssigner(topk=topk)
+        tal = assigner or AssignerConfig()
+        self.assigner = TaskAlignedAssigner(topk=tal.topk, alpha=tal.alpha, beta=tal.beta)
         self._anchor_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _anchors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

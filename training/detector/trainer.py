@@ -168,7 +168,7 @@ class Trainer:
         ema = ModelEMA(model, tau_decay(tcfg.ema_decay, tcfg.ema_tau)) if tcfg.ema else None
         optimizer = build_optimizer(model, tcfg)
         self.loss_fn = DetectionLoss(self.spec.num_classes, self.spec.reg_max, self.input_size, tcfg.cls_loss,
-                                     tcfg.box_loss)
+                                     tcfg.box_loss, tcfg.loss_weights, tcfg.assigner)
         data = DetectionDataset(self.train_set.records, self.input_size, tcfg.augment, with_masks=self.spec.seg_head,
                                 cache=tcfg.cache_images, seed=cfg.detector_seed, **self.dataset_options())
         sampler = (DistributedSampler(data, shuffle=True, seed=cfg.detector_seed, drop_last=True) if dist_info.enabled
