@@ -37,6 +37,24 @@ def test_dense_n_model_has_no_depthwise_conv_and_fits_the_flops_budget(tmp_path)
     assert loaded.spec.depthwise is False and count_parameters(loaded) == count_parameters(dense)
 
 
+def test_depthwise_heads_on_a_dense_model_puts_grouped_convs_in_the_heads_alone(tmp_path):
+    from training.detector.checkpoint import checkpoint_meta, load_detector
+    from training.detector.model import count_gflops
+    from training.engine.checkpoint import save_weights
+
+    hybrid = DefectDetector(DetectorSpec(6, "n", depthwise=False, depthwise_heads=True))
+    grouped = {name.split(".")[0] for name, m in hybrid.named_modules()
+               if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    assert grouped == {"heads"}
+    dense = DefectDetector(DetectorSpec(6, "n", depthwise=False))
+    assert count_gflops(hybrid, 224) < 0.8 * count_gflops(dense, 224)
+    assert DetectorSpec(6, depthwise=False).heads_depthwise is False and DetectorSpec(6).heads_depthwise is True
+    save_weights(tmp_path / "w.safetensors", hybrid.state_dict(),
+                 checkpoint_meta(hybrid.spec, list("abcdef"), {}, input_size=224))
+    loaded, _ = load_detector(tmp_path / "w.safetensors")
+    assert loaded.spec == hybrid.spec
+
+
 @pytest.mark.parametrize("reg_max", [16, 1])
 def test_outputs_and_neck_features(reg_max):
     model = DefectDetector(DetectorSpec(3, "n", reg_max=reg_max, seg_head=True)).eval()

@@ -47,6 +47,7 @@ class ModelConfig:
     reg_max: int = 16  # box bins per side (distribution focal loss); 1 = direct distances
     seg_head: str = "auto"  # "auto" (when the dataset has masks), "on" or "off"
     depthwise: bool = True  # depthwise-separable convs in the deep stages, neck and heads; false = dense convs
+    depthwise_heads: bool | None = None  # the heads alone (None: as depthwise)
 
     def __post_init__(self) -> None:
         if self.size not in ("n", "s", "m"):

@@ -36,6 +36,13 @@ class DetectorSpec:
     # depthwise-separable convs in the deep backbone stages, the neck and the heads (fewer FLOPs), or dense 3 x 3
     # convs throughout (more FLOPs, but CPUs run dense convs far closer to peak: choose by measured latency)
     depthwise: bool = True
+    # the heads' convs alone (None: as ``depthwise``): the finest head's dense 3 x 3 convs cost a quarter of the
+    # dense model's FLOPs
+    depthwise_heads: bool | None = None
+
+    @property
+    def heads_depthwise(self) -> bool:
+        return self.depthwise if self.depthwise_heads is None else self.depthwise_heads
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -177,8 +184,9 @@ class DefectDetector(nn.Module):
         self.feature_channels = widths[2:]
         # dense heads share one classification width (the finest level's): dense 3 x 3 convs at 256 channels
         # would cost more than the rest of the model
-        c_cls = None if spec.depthwise else classification_width(self.feature_channels[0], spec.num_classes)
-        self.heads = nn.ModuleList(DecoupledHead(c, spec.num_classes, spec.reg_max, s, spec.depthwise, c_cls)
+        dw_heads = spec.heads_depthwise
+        c_cls = None if dw_heads else classification_width(self.feature_channels[0], spec.num_classes)
+        self.heads = nn.ModuleList(DecoupledHead(c, spec.num_classes, spec.reg_max, s, dw_heads, c_cls)
                                    for c, s in zip(self.feature_channels, STRIDES))
         self.seg = SegHead(self.feature_channels[0], spec.num_classes) if spec.seg_head else None
 

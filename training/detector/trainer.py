@@ -52,7 +52,8 @@ def model_spec(config: ExperimentConfig, dataset: Dataset) -> DetectorSpec:
     has_masks = any(r.mask_path is not None for r in dataset.records)
     seg = {"on": True, "off": False, "auto": has_masks}[config.model.seg_head]
     return DetectorSpec(num_classes=len(dataset.class_names), size=config.model.size,
-                        reg_max=config.model.reg_max, seg_head=seg, depthwise=config.model.depthwise)
+                        reg_max=config.model.reg_max, seg_head=seg, depthwise=config.model.depthwise,
+                        depthwise_heads=config.model.depthwise_heads)
 
 
 @dataclass
