@@ -134,6 +134,8 @@ def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline
     weights = base_ctx.stage_dir("baseline") / "weights" / "best.safetensors"
     start = ContinuedBaselineTrainer(control.config, train, val, tmp_path / "unused", weights).build_model()
     assert all(torch.equal(v, baseline.state_dict()[k]) for k, v in start.state_dict().items())
+    warm = variant_config(base, {"train": {"warmup_bias_lr": 0.1}})
+    assert ContinuedBaselineTrainer(warm, train, val, tmp_path / "unused", weights).warmup_bias_lr is None
     other = variant_config(base, {"model": {"depthwise": not base.model.depthwise}})
     with pytest.raises(ValueError, match="best.safetensors: detector .* differs"):
         ContinuedBaselineTrainer(other, train, val, tmp_path / "unused", weights).build_model()

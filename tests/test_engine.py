@@ -34,6 +34,29 @@ def test_schedules_warm_up_then_decay_to_their_floor():
         WarmupCosine(1.0, 10, 1, 0.1, warmup="linear")
 
 
+def test_bias_warm_up_falls_from_its_rate_to_the_schedule_and_reaches_only_the_biases():
+    from training.config import TrainConfig
+    from training.detector import DefectDetector, DetectorSpec
+    from training.detector.trainer import build_optimizer
+    from training.engine.loop import TrainLoop
+
+    ramp = WarmupCosine(0.01, total_steps=100, warmup_steps=10, floor=0.1)
+    assert ramp.group_rate(0, 0.1) == pytest.approx(0.1) and ramp.group_rate(5, 0.1) == pytest.approx(0.1 - 0.5 * (0.1 - ramp(5)))
+    assert all(ramp.group_rate(s, 0.1) == ramp(s) for s in range(10, 100))
+    assert all(ramp.group_rate(s, None) == ramp(s) for s in range(100))
+    model = DefectDetector(DetectorSpec(2, "n"))
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.01), warmup_bias_lr=0.1)
+    decay, norms, biases = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(".bias") for p in biases["params"]) and biases["weight_decay"] == 0
+    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 0.01
+    assert len(decay["params"]) + len(norms["params"]) + len(biases["params"]) == len(names)
+    loop = TrainLoop(model, optimizer, ramp, clip_norm=10.0, show_progress=False)
+    x = torch.randn(1, 3, 64, 64)
+    loop.run_epoch(0, [x], 1, lambda b: (model(b).cls_logits.mean(), {}), desc="warm")
+    assert biases["lr"] == pytest.approx(0.1) and decay["lr"] == norms["lr"] == pytest.approx(ramp(0))
+
+
 def test_ema_rules_follow_the_model():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

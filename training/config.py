@@ -99,6 +99,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.937  # SGD momentum / AdamW beta1
     warmup_epochs: float = 2.0
+    warmup_bias_lr: float | None = None  # biases warm up from this rate down to lr (None: like the rest)
     final_lr_ratio: float = 0.05  # cosine decays lr to lr * final_lr_ratio
     ema: bool = True
     ema_decay: float = 0.999
@@ -120,6 +121,7 @@ class TrainConfig:
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.optimizer in ("adamw", "sgd"), "train.optimizer must be 'adamw' or 'sgd'"),
             (self.lr > 0, "train.lr must be > 0"),
+            (self.warmup_bias_lr is None or self.warmup_bias_lr >= 0, "train.warmup_bias_lr must be >= 0"),
             (self.cls_loss in ("bce", "varifocal"), "train.cls_loss must be 'bce' or 'varifocal'"),
             (self.box_loss in ("iou", "giou", "ciou"), "train.box_loss must be 'iou', 'giou' or 'ciou'"),
             (self.eval_every >= 1, "train.eval_every must be >= 1"),

@@ -34,6 +34,10 @@ class ContinuedBaselineTrainer(Trainer):
     def base_lr(self) -> float:
         return self.config.teacher.lr or self.config.train.lr
 
+    @property
+    def warmup_bias_lr(self) -> float | None:  # it starts from trained weights
+        return None
+
     def build_model(self) -> DefectDetector:
         torch.manual_seed(self.config.detector_seed)
         detector, _ = load_detector(self.baseline_weights)

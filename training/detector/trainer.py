@@ -68,13 +68,15 @@ class TrainResult:
     seconds_per_validation: float = 0.0  # one validation pass (0 where none ran in this process)
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """No weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def build_optimizer(model: nn.Module, cfg, warmup_bias_lr: float | None = None) -> torch.optim.Optimizer:
+    """No weight decay on norms and biases; with ``warmup_bias_lr`` the biases warm up from that rate down to
+    the schedule's (see ``WarmupCosine.group_rate``)."""
+    decay, norms, biases = [], [], []
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (decay if p.ndim > 1 else biases if name.endswith(".bias") else norms).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": norms, "weight_decay": 0.0},
+              {"params": biases, "weight_decay": 0.0, "warmup_from": warmup_bias_lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
@@ -125,6 +127,12 @@ class Trainer:
     def base_lr(self) -> float:
         return self.config.train.lr
 
+    @property
+    def warmup_bias_lr(self) -> float | None:
+        """The biases' warm-up start rate: for a detector trained from scratch (stages starting from trained
+        weights return None: a high bias rate would undo them)."""
+        return self.config.train.warmup_bias_lr
+
     # ---- files ----
     @property
     def weights_dir(self) -> Path:
@@ -167,7 +175,7 @@ class Trainer:
 
         model = self.build_model().to(dist_info.device)
         ema = ModelEMA(model, tau_decay(tcfg.ema_decay, tcfg.ema_tau)) if tcfg.ema else None
-        optimizer = build_optimizer(model, tcfg)
+        optimizer = build_optimizer(model, tcfg, self.warmup_bias_lr)
         self.loss_fn = DetectionLoss(self.spec.num_classes, self.spec.reg_max, self.input_size, tcfg.cls_loss,
                                      tcfg.box_loss, tcfg.loss_weights, tcfg.assigner)
         data = DetectionDataset(self.train_set.records, self.input_size, tcfg.augment, with_masks=self.spec.seg_head,

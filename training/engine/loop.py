@@ -45,9 +45,10 @@ class TrainLoop:
         bar = tqdm(batches, total=num_batches, desc=desc, leave=False, mininterval=1.0,
                    disable=not self.show_progress)
         for i, batch in enumerate(bar):
-            self.lr = self.schedule(epoch * num_batches + i)
+            step = epoch * num_batches + i
+            self.lr = self.schedule(step)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = self.schedule.group_rate(step, group.get("warmup_from"))
             loss, parts = step_fn(batch)
             self.step(loss)
             for k, v in parts.items():

@@ -26,6 +26,14 @@ class WarmupCosine:
         if self.warmup not in ("ramp", "scale"):
             raise ValueError(f"warmup must be 'ramp' or 'scale', got {self.warmup!r}")
 
+    def group_rate(self, step: int, warmup_from: float | None) -> float:
+        """The rate of a parameter group that warms up from ``warmup_from`` (the detector's biases, YOLO-style:
+        they start high and fall to the schedule's rate by the end of the warm-up) or, when None, the schedule's."""
+        rate = self(step)
+        if warmup_from is None or step >= self.warmup_steps:
+            return rate
+        return warmup_from + (rate - warmup_from) * step / max(1, self.warmup_steps)
+
     def __call__(self, step: int) -> float:
         if self.warmup == "scale":
             ramp = min(1.0, (step + 1) / max(1, self.warmup_steps))

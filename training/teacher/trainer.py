@@ -47,6 +47,10 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
     def base_lr(self) -> float:
         return self.config.teacher.lr or self.config.train.lr
 
+    @property
+    def warmup_bias_lr(self) -> float | None:
+        return None if self.init_weights is not None else super().warmup_bias_lr
+
     def build_model(self) -> TeacherDetector:
         torch.manual_seed(self.config.detector_seed)
         model = TeacherDetector(self.spec, self.source.channels, self.source.grid, fusion_options(self.config))
