@@ -28,7 +28,8 @@ from training.detector.model import DefectDetector, DeployModel, DetectorSpec, c
 SIZE, CLASSES = 224, 6
 LATENCY_LIMIT, GFLOPS_LIMIT = 1.15, 1.0
 CANDIDATES = {"depthwise": {"depthwise": True}, "dense": {"depthwise": False},
-              "dense, depthwise heads": {"depthwise": False, "depthwise_heads": True}}
+              "dense, depthwise heads": {"depthwise": False, "depthwise_heads": True},
+              "depthwise, dense heads": {"depthwise": True, "depthwise_heads": False}}
 
 
 def _recipe() -> dict[str, bool | None]:
