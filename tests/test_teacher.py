@@ -88,6 +88,29 @@ def test_stages_one_to_four_end_to_end(tiny_pipeline_run):
     assert (run / "teacher" / "metrics.csv").is_file()
 
 
+def test_feature_source_keeps_decoded_maps_within_its_budget(tiny_pipeline_run):
+    """Cached maps are exactly the decoder's; past the budget the rest are decoded every call, still right."""
+    from training.repository.latents import load_resvae
+    from training.teacher.feature_source import FeatureSource
+
+    run, _ = tiny_pipeline_run
+    latents = FeatureRepository(run / "resvae" / "latents")
+    ids = latents.ids[:6]
+    with torch.no_grad():
+        expected = load_resvae(run / "resvae" / "resvae.safetensors").decode(
+            torch.from_numpy(latents.get("latents", ids)).float())
+    one_map_mb = expected[0].numel() * 4 / 2**20
+    source = FeatureSource(latents, run / "resvae" / "resvae.safetensors", cache_mb=2.5 * one_map_mb)
+    first = source(ids[:3] + ids[:1])  # a repeated id is looked up once
+    assert torch.allclose(first, expected[[0, 1, 2, 0]], atol=1e-5)
+    assert sorted(source._cache) == sorted(ids[:2])  # two maps fit the budget, the third does not
+    again = source(ids[::-1])
+    assert torch.allclose(again, expected.flip(0), atol=1e-5)
+    assert sorted(source._cache) == sorted(ids[:2]) and source._cache_bytes <= 2.5 * one_map_mb * 2**20
+    uncached = FeatureSource(latents, run / "resvae" / "resvae.safetensors", cache_mb=0)
+    assert torch.allclose(uncached(ids), expected, atol=1e-5) and not uncached._cache
+
+
 def _decoded_cosine(run: Path) -> float:
     """Mean cosine similarity of decoded latents against the raw features on the validation ids, recomputed."""
     from training.repository.latents import load_resvae

@@ -19,12 +19,22 @@ from training.repository.latents import load_resvae
 from training.repository.store import FeatureRepository
 
 
+DEFAULT_CACHE_MB = 2048.0
+
+
 class FeatureSource:
     """Image ids -> standardised DDPM feature maps (B, C, g, g): latents through the frozen ResVAE decoder, or
-    raw features standardised with the training statistics."""
+    raw features standardised with the training statistics.
 
-    def __init__(self, repo: FeatureRepository, resvae_weights: str | Path) -> None:
+    The decoder is frozen, so an image's maps are the same every epoch: the first ``cache_mb`` MiB of decoded
+    maps are kept in memory (NEU-DET's 1152 training images take 1 GiB) instead of decoded again every batch.
+    """
+
+    def __init__(self, repo: FeatureRepository, resvae_weights: str | Path,
+                 cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.repo = repo
+        self._cache: dict[str, torch.Tensor] = {}
+        self._cache_budget, self._cache_bytes = int(cache_mb * 2**20), 0
         self.resvae = load_resvae(resvae_weights)
         for p in self.resvae.parameters():
             p.requires_grad_(False)
@@ -40,8 +50,18 @@ class FeatureSource:
 
     @torch.no_grad()
     def __call__(self, image_ids: list[str], device: torch.device | None = None) -> torch.Tensor:
-        rows = torch.from_numpy(self.repo.get(self.array, image_ids)).float()
-        feats = self.resvae.decode(rows) if self.array == "latents" else self.resvae.standardize(rows)
+        missing = [i for i in dict.fromkeys(image_ids) if i not in self._cache]
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            rows = torch.from_numpy(self.repo.get(self.array, missing)).float()
+            decoded = self.resvae.decode(rows) if self.array == "latents" else self.resvae.standardize(rows)
+            for image_id, maps in zip(missing, decoded):
+                fresh[image_id] = maps
+                size = maps.numel() * maps.element_size()
+                if self._cache_bytes + size <= self._cache_budget:
+                    self._cache[image_id] = maps.clone()  # its own storage, not a view of the batch
+                    self._cache_bytes += size
+        feats = torch.stack([self._cache[i] if i in self._cache else fresh[i] for i in image_ids])
         return feats.to(device) if device is not None else feats
 
 
