@@ -18,7 +18,6 @@ from training.evaluation.torch_predict import ForwardFn
 from training.repository.latents import load_resvae
 from training.repository.store import FeatureRepository
 
-
 DEFAULT_CACHE_MB = 2048.0
 
 
