@@ -55,6 +55,7 @@ def test_bias_warm_up_falls_from_its_rate_to_the_schedule_and_reaches_only_the_b
     x = torch.randn(1, 3, 64, 64)
     loop.run_epoch(0, [x], 1, lambda b: (model(b).cls_logits.mean(), {}), desc="warm")
     assert biases["lr"] == pytest.approx(0.1) and decay["lr"] == norms["lr"] == pytest.approx(ramp(0))
+    assert len(build_optimizer(model, TrainConfig()).param_groups) == 2  # no warm-up: the groups of older runs
 
 
 def test_ema_rules_follow_the_model():

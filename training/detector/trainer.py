@@ -71,12 +71,18 @@ class TrainResult:
 def build_optimizer(model: nn.Module, cfg, warmup_bias_lr: float | None = None) -> torch.optim.Optimizer:
     """No weight decay on norms and biases; with ``warmup_bias_lr`` the biases warm up from that rate down to
     the schedule's (see ``WarmupCosine.group_rate``)."""
-    decay, norms, biases = [], [], []
+    decay, no_decay, norms, biases = [], [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else biases if name.endswith(".bias") else norms).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": norms, "weight_decay": 0.0},
-              {"params": biases, "weight_decay": 0.0, "warmup_from": warmup_bias_lr}]
+            (decay if p.ndim > 1 else no_decay).append(p)
+            if p.ndim <= 1:
+                (biases if name.endswith(".bias") else norms).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if warmup_bias_lr is None:  # the two groups, in the order, of runs saved before the bias warm-up (they resume)
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    else:
+        groups += [{"params": norms, "weight_decay": 0.0},
+                   {"params": biases, "weight_decay": 0.0, "warmup_from": warmup_bias_lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
