@@ -20,6 +20,14 @@ def load_detector(path: str | Path) -> tuple[DefectDetector, dict[str, Any]]:
     return load_strict(DefectDetector(spec), path, "model"), meta
 
 
+def load_detector_with_spec(path: str | Path, spec: DetectorSpec) -> DefectDetector:
+    """A trained detector to start a stage from, refused by name when its layout is not ``spec``'s."""
+    detector, _ = load_detector(path)
+    if detector.spec != spec:
+        raise ValueError(f"{path}: detector {detector.spec} differs from the configured {spec}")
+    return detector
+
+
 def checkpoint_meta(spec: DetectorSpec, class_names: list[str], config: dict[str, Any],
                     **extra: Any) -> dict[str, Any]:
     return {"spec": dataclasses.asdict(spec), "class_names": list(class_names), "config": config, **extra}

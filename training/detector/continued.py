@@ -15,11 +15,11 @@ import torch
 from training.config import ExperimentConfig
 from training.data.records import Dataset
 from training.detector import DefectDetector
-from training.detector.checkpoint import load_detector
-from training.detector.trainer import Trainer
+from training.detector.checkpoint import load_detector_with_spec
+from training.detector.trainer import TeacherSchedule, Trainer
 
 
-class ContinuedBaselineTrainer(Trainer):
+class ContinuedBaselineTrainer(TeacherSchedule, Trainer):  # the teacher's schedule: they differ by the features
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
                  baseline_weights: str | Path, resume: bool | str = "auto",
                  dataset_info: dict[str, Any] | None = None) -> None:
@@ -27,21 +27,9 @@ class ContinuedBaselineTrainer(Trainer):
         self.baseline_weights = Path(baseline_weights)
 
     @property
-    def epochs(self) -> int:  # the teacher's schedule, so the two differ only by the features
-        return self.config.teacher.epochs or self.config.train.epochs
-
-    @property
-    def base_lr(self) -> float:
-        return self.config.teacher.lr or self.config.train.lr
-
-    @property
     def warmup_bias_lr(self) -> float | None:  # it starts from trained weights
         return None
 
     def build_model(self) -> DefectDetector:
         torch.manual_seed(self.config.detector_seed)
-        detector, _ = load_detector(self.baseline_weights)
-        if detector.spec != self.spec:
-            raise ValueError(f"{self.baseline_weights}: detector {detector.spec} differs from the configured "
-                             f"{self.spec}")
-        return detector
+        return load_detector_with_spec(self.baseline_weights, self.spec)

@@ -71,21 +71,35 @@ class TrainResult:
 def build_optimizer(model: nn.Module, cfg, warmup_bias_lr: float | None = None) -> torch.optim.Optimizer:
     """No weight decay on norms and biases; with ``warmup_bias_lr`` the biases warm up from that rate down to
     the schedule's (see ``WarmupCosine.group_rate``)."""
-    decay, no_decay, norms, biases = [], [], [], []
+    decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-            if p.ndim <= 1:
-                (biases if name.endswith(".bias") else norms).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+            (decay if p.ndim > 1 else no_decay).append((name, p))
+    groups = [{"params": [p for _, p in decay], "weight_decay": cfg.weight_decay}]
     if warmup_bias_lr is None:  # the two groups, in the order, of runs saved before the bias warm-up (they resume)
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": [p for _, p in no_decay], "weight_decay": 0.0})
     else:
-        groups += [{"params": norms, "weight_decay": 0.0},
-                   {"params": biases, "weight_decay": 0.0, "warmup_from": warmup_bias_lr}]
+        groups += [{"params": [p for n, p in no_decay if not n.endswith(".bias")], "weight_decay": 0.0},
+                   {"params": [p for n, p in no_decay if n.endswith(".bias")], "weight_decay": 0.0,
+                    "warmup_from": warmup_bias_lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+class TeacherSchedule:
+    """The schedule of the stages that train a trained baseline on (the teacher, the ``continued`` control):
+    ``teacher.epochs`` at ``teacher.lr``, each falling back to the ``train`` value."""
+
+    config: ExperimentConfig
+
+    @property
+    def epochs(self) -> int:
+        return self.config.teacher.epochs or self.config.train.epochs
+
+    @property
+    def base_lr(self) -> float:
+        return self.config.teacher.lr or self.config.train.lr
 
 
 class Trainer:

@@ -17,8 +17,8 @@ from torch import nn
 from training.config import ExperimentConfig
 from training.data.records import Dataset
 from training.detector import DetectorOutput
-from training.detector.checkpoint import load_detector
-from training.detector.trainer import Trainer
+from training.detector.checkpoint import load_detector_with_spec
+from training.detector.trainer import TeacherSchedule, Trainer
 from training.evaluation.torch_predict import ForwardFn
 from training.teacher.feature_source import FeatureLookupMixin, FeatureSource, with_features
 from training.teacher.model import TeacherDetector, fusion_options
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TEACHER_RESUME_SECTIONS = ("data", "model", "ddpm", "features", "resvae", "teacher")
 
 
-class TeacherTrainer(FeatureLookupMixin, Trainer):
+class TeacherTrainer(FeatureLookupMixin, TeacherSchedule, Trainer):
     resume_sections = TEACHER_RESUME_SECTIONS
 
     def __init__(self, config: ExperimentConfig, train_set: Dataset, val_set: Dataset, run_dir: str | Path,
@@ -40,14 +40,6 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
         self.init_weights = Path(init_weights) if init_weights else None
 
     @property
-    def epochs(self) -> int:
-        return self.config.teacher.epochs or self.config.train.epochs
-
-    @property
-    def base_lr(self) -> float:
-        return self.config.teacher.lr or self.config.train.lr
-
-    @property
     def warmup_bias_lr(self) -> float | None:
         return None if self.init_weights is not None else super().warmup_bias_lr
 
@@ -55,10 +47,7 @@ class TeacherTrainer(FeatureLookupMixin, Trainer):
         torch.manual_seed(self.config.detector_seed)
         model = TeacherDetector(self.spec, self.source.channels, self.source.grid, fusion_options(self.config))
         if self.init_weights is not None:  # the fusion starts as the identity, so this starts at the baseline
-            detector, _ = load_detector(self.init_weights)
-            if detector.spec != self.spec:
-                raise ValueError(f"{self.init_weights}: detector {detector.spec} differs from the teacher's {self.spec}")
-            model.detector.load_state_dict(detector.state_dict())
+            model.detector.load_state_dict(load_detector_with_spec(self.init_weights, self.spec).state_dict())
         return model
 
     def forward(self, model: nn.Module, images: torch.Tensor, batch: dict[str, torch.Tensor]) -> DetectorOutput:
