@@ -50,11 +50,13 @@ def test_compare_trains_the_shared_stages_once_and_the_detectors_per_seed(compar
         for stage in ("data", "ddpm", "features", "resvae"):
             assert (full / stage).is_symlink() and (full / stage).resolve() == (compared / "shared" / stage).resolve()
         assert not (full / "baseline").is_symlink()
-        # self_distill reuses this seed's baseline as its teacher; continued_baseline trains that same baseline on
-        # for the teacher's epochs
+        # continued_baseline trains this seed's baseline on for the teacher's epochs; self_distill distils from
+        # that one continued baseline (trained once, in whichever control ran first)
         for variant in ("self_distill", "continued_baseline"):
             assert (compared / f"seed-{seed}" / variant / "baseline").resolve() == (full / "baseline").resolve()
-        continued = compared / f"seed-{seed}" / "continued_baseline" / "continued"
+        continued = compared / f"seed-{seed}" / "self_distill" / "continued"
+        assert not continued.is_symlink()
+        assert (compared / f"seed-{seed}" / "continued_baseline" / "continued").resolve() == continued.resolve()
         assert json.loads((continued / "summary.json").read_text())["epochs"] == 1
     w0 = load_file(compared / "seed-0" / "full" / "baseline" / "weights" / "last.safetensors")
     w1 = load_file(compared / "seed-1" / "full" / "baseline" / "weights" / "last.safetensors")

@@ -99,22 +99,15 @@ def test_ablate_command_rejects_unknown_variants(tiny_pipeline_config: Path, tmp
 
 
 def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline_config: Path, tmp_path: Path):
-    """self_distill: the same distillation from the trained baseline (no DDPM features); continued_baseline: the
-    baseline given the teacher's extra epochs."""
+    """continued_baseline: the baseline given the teacher's extra epochs; self_distill: the same distillation
+    with that continued baseline as teacher (no DDPM features), sharing the one continued baseline."""
+    from training.detector.continued import ContinuedBaselineTrainer
     from training.evaluation.ablation import VARIANT_STAGES
-    from training.pipeline import run_pipeline
+    from training.pipeline import load_split, run_pipeline
 
     run, _ = tiny_pipeline_run
     base = load_config(tiny_pipeline_config)
     base_ctx = RunContext(base, run)
-    self_distill = variant_config(base, ABLATIONS["self_distill"])
-    assert self_distill.distill.teacher == "baseline" and base.distill.teacher == "ddpm"
-    ctx = RunContext(self_distill, tmp_path / "self_distill")
-    assert "distill" not in link_unchanged_stages(base_ctx, ctx)
-    res = run_pipeline(self_distill, ctx.run_dir, stages=["distill"])
-    assert not res["distill"].get("skipped")
-    student, meta = load_detector(ctx.stage_dir("distill") / "weights" / "best.safetensors")
-    assert meta["distilled_from"] == "baseline" and student.spec.num_classes == 6
     assert VARIANT_STAGES["continued_baseline"] == ["data", "baseline", "continued"]
     control = RunContext(variant_config(base, ABLATIONS["continued_baseline"]), tmp_path / "continued")
     assert "baseline" in link_unchanged_stages(base_ctx, control)  # it continues the very baseline trained
@@ -127,9 +120,6 @@ def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline
     continued, meta = load_detector(control.stage_dir("continued") / "weights" / "best.safetensors")
     assert continued.spec == baseline.spec
     # it starts from the trained baseline's weights, not from scratch
-    from training.detector.continued import ContinuedBaselineTrainer
-    from training.pipeline import load_split
-
     train, val = load_split(control)
     weights = base_ctx.stage_dir("baseline") / "weights" / "best.safetensors"
     start = ContinuedBaselineTrainer(control.config, train, val, tmp_path / "unused", weights).build_model()
@@ -139,6 +129,25 @@ def test_the_controls_isolate_the_ddpm_features(tiny_pipeline_run, tiny_pipeline
     other = variant_config(base, {"model": {"depthwise": not base.model.depthwise}})
     with pytest.raises(ValueError, match="best.safetensors: detector .* differs"):
         ContinuedBaselineTrainer(other, train, val, tmp_path / "unused", weights).build_model()
+
+    self_distill = variant_config(base, ABLATIONS["self_distill"])
+    assert self_distill.distill.teacher == "continued" and base.distill.teacher == "ddpm"
+    ctx = RunContext(self_distill, tmp_path / "self_distill")
+    link_unchanged_stages(base_ctx, ctx)
+    linked = link_unchanged_stages(control, ctx)
+    assert "continued" in linked and "distill" not in linked  # the one continued baseline, trained once
+    res = run_pipeline(self_distill, ctx.run_dir, stages=VARIANT_STAGES["self_distill"])
+    assert res["continued"]["skipped"] and not res["distill"].get("skipped")
+    student, meta = load_detector(ctx.stage_dir("distill") / "weights" / "best.safetensors")
+    assert meta["distilled_from"] == "continued" and student.spec.num_classes == 6
+    # a changed continued baseline is a changed teacher: the distillation reruns
+    from training.pipeline.runner import completed_key, stage_key
+    from training.pipeline.stages import STAGES_BY_NAME
+
+    distill = STAGES_BY_NAME["distill"]
+    assert completed_key(ctx, distill) == stage_key(ctx, distill)
+    (control.stage_dir("continued") / "weights" / "best.safetensors").touch()
+    assert completed_key(ctx, distill) != stage_key(ctx, distill)
 
 
 def test_ap_by_contrast_bin_counts_only_that_bins_boxes():

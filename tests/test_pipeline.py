@@ -173,3 +173,15 @@ def test_an_interrupted_stage_keeps_its_work_and_a_changed_one_is_cleared(tmp_pa
     assert (run / "ddpm" / "state.pt").is_file()  # same inputs: kept, the stage resumes from it
     _prepare(RunContext(_tiny(), run), ddpm, "another key", force=False)
     assert not (run / "ddpm" / "state.pt").exists()  # other inputs: cleared
+
+
+def test_a_stage_that_reads_an_optional_control_brings_it_along():
+    from training.pipeline.runner import selected_stages
+
+    base = _tiny()
+    assert "continued" not in selected_stages(base, None)  # a plain run never trains the control
+    control = config_from_dict({"name": "t", "distill": {"teacher": "continued"}})
+    assert {"continued", "distill", "export"} <= selected_stages(control, None)
+    assert selected_stages(control, ["data", "baseline"]) == {"data", "baseline"}
+    with pytest.raises(ConfigError, match="distill.teacher must be 'ddpm', 'baseline' or 'continued'"):
+        config_from_dict({"name": "t", "distill": {"teacher": "continue"}})

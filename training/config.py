@@ -243,13 +243,15 @@ class DistillConfig:
     response_weight: float = 1.0  # classification + box-distribution distillation
     temperature: float = 2.0
     epochs: int | None = None  # default: train.epochs
-    teacher: str = "ddpm"  # "ddpm": the teacher with DDPM features; "baseline": the trained baseline (the control)
+    # "ddpm": the teacher with DDPM features; the controls without them: "baseline" (the trained baseline) or
+    # "continued" (the baseline trained on for the teacher's extra epochs: the same total epochs as the teacher)
+    teacher: str = "ddpm"
 
     def __post_init__(self) -> None:
         if self.feature_weight < 0 or self.response_weight < 0 or self.temperature <= 0:
             raise ConfigError("distill weights must be >= 0 and distill.temperature > 0")
-        if self.teacher not in ("ddpm", "baseline"):
-            raise ConfigError(f"distill.teacher must be 'ddpm' or 'baseline', got {self.teacher!r}")
+        if self.teacher not in ("ddpm", "baseline", "continued"):
+            raise ConfigError(f"distill.teacher must be 'ddpm', 'baseline' or 'continued', got {self.teacher!r}")
 
 
 @dataclass

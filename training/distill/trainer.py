@@ -39,9 +39,9 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
                  dataset_info: dict[str, Any] | None = None) -> None:
         super().__init__(config, train_set, val_set, run_dir, resume, dataset_info)
         self.source = source
-        # distill.teacher "baseline" is the control: the same distillation from the trained baseline, which has
-        # no DDPM features, isolates what the features add
-        self.plain_teacher = config.distill.teacher == "baseline"
+        # distill.teacher "baseline" / "continued" are the controls: the same distillation from a plain detector
+        # with no DDPM features isolates what the features add ("continued" also matches the teacher's epochs)
+        self.plain_teacher = config.distill.teacher != "ddpm"
         if self.plain_teacher:
             self.teacher, _ = load_detector(teacher_weights)
         elif source is None:
@@ -82,4 +82,4 @@ class DistillTrainer(FeatureLookupMixin, Trainer):
         return loss, parts
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
-        return super()._meta(distilled_from="baseline" if self.plain_teacher else "teacher", **extra)
+        return super()._meta(distilled_from=self.config.distill.teacher if self.plain_teacher else "teacher", **extra)

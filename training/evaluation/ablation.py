@@ -8,7 +8,8 @@ Variants (each a config override of the base config):
     no_gate           attended signal added back with weight 1 (no dynamic gate)
     feature_kd_only   distillation without the response term
     response_kd_only  distillation without the feature term
-    self_distill      the control: the same distillation with the trained baseline as teacher (no DDPM features)
+    self_distill      the control: the same distillation with a plain detector as teacher (no DDPM features):
+                      the continued baseline, so its teacher has trained exactly as long as the DDPM teacher
     continued_baseline  the control: the trained baseline given the teacher's extra epochs at the teacher's
                       learning rate (stage ``continued``: no DDPM features, no distillation)
 
@@ -37,12 +38,14 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "no_gate": {"teacher": {"gate": False}},
     "feature_kd_only": {"distill": {"response_weight": 0.0}},
     "response_kd_only": {"distill": {"feature_weight": 0.0}},
-    "self_distill": {"distill": {"teacher": "baseline"}},
+    "self_distill": {"distill": {"teacher": "continued"}},
     "continued_baseline": {},  # the base config; its own stage, ``continued``, is the control
 }
 # the stages each variant needs (the default: TRAINING_STAGES)
-VARIANT_STAGES = {"continued_baseline": ["data", "baseline", "continued"]}
+VARIANT_STAGES = {"continued_baseline": ["data", "baseline", "continued"],
+                  "self_distill": ["data", "baseline", "continued", "distill"]}
 TRAINING_STAGES = ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill"]
+LINKABLE_STAGES = TRAINING_STAGES + ["continued"]
 
 
 def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]]) -> ExperimentConfig:
@@ -53,14 +56,15 @@ def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]])
 
 
 def link_unchanged_stages(base_ctx, ctx) -> list[str]:
-    """Symlink the base run's stages that the variant would compute identically; returns their names."""
+    """Symlink the base run's stages that the variant would compute identically; returns the names of the
+    variant's linked stages (now or before). Call it for each run to link from, in order of preference."""
     from training.pipeline.runner import completed_key, stage_key
     from training.pipeline.stages import STAGES
 
     linked = []
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
-        if stage.name not in TRAINING_STAGES:
+        if stage.name not in LINKABLE_STAGES:
             continue
         target = ctx.stage_dir(stage.name)
         if target.is_symlink() or target.exists():
@@ -135,15 +139,18 @@ def run_ablations(config: ExperimentConfig, run_dir: str | Path, variants: list[
                                                val.records), contrasts)
     rows: dict[str, dict[str, Any]] = {}
     out = run_dir / "ablate"
+    done: dict[str, Any] = {}
     for name in names:
         if name == "full":
             ctx = base_ctx
         else:
             cfg = variant_config(config, ABLATIONS[name])
             ctx = RunContext(cfg, out / name, override)
-            linked = link_unchanged_stages(base_ctx, ctx)
+            for source in [base_ctx, *done.values()]:  # the controls share the continued baseline
+                linked = link_unchanged_stages(source, ctx)
             log.info("ablation %s: reusing %s from the base run", name, linked)
             run_pipeline(cfg, ctx.run_dir, stages=VARIANT_STAGES.get(name, TRAINING_STAGES), data_override=override)
+        done[name] = ctx
         rows[name] = evaluate_run(ctx, name, contrasts)
         log.info("ablation %s: %s", name, rows[name])
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +168,7 @@ def render_ablations(name: str, num_val: int, baseline: dict[str, Any], rows: di
     lines = [f"# Ablations: {name}", "",
              f"Validation split, {num_val} images, torch evaluation. Baseline (student architecture alone): "
              f"mAP50 {f(baseline['map50'])}, mAP50:95 {f(baseline['map50_95'])}. `self_distill` distils from the "
-             "trained baseline (no DDPM features); `continued_baseline` is the trained baseline given the "
+             "continued baseline (no DDPM features, as many epochs as the teacher); `continued_baseline` is the trained baseline given the "
              "teacher's extra epochs at its learning rate, no DDPM features (its row's student is that model).", "",
              "| variant | teacher mAP50 | teacher mAP50:95 | student mAP50 | student mAP50:95 | student vs baseline "
              "(mAP50:95) |", "|---|---:|---:|---:|---:|---:|"]

@@ -137,8 +137,8 @@ def run_compare(config: ExperimentConfig, seeds: list[int], out: str | Path, var
                 continue
             vcfg = variant_config(cfg, ABLATIONS[variant])
             ctx = RunContext(vcfg, out / f"seed-{seed}" / variant, override)
-            link_unchanged_stages(full, ctx)
-            link_unchanged_stages(shared, ctx)
+            for source in [*contexts.values(), shared]:  # the controls share the continued baseline
+                link_unchanged_stages(source, ctx)
             log.info("compare seed %d: %s", seed, variant)
             run_pipeline(vcfg, ctx.run_dir, stages=VARIANT_STAGES.get(variant, TRAINING_STAGES), data_override=override)
             contexts[variant] = ctx

@@ -64,7 +64,7 @@ def output_fingerprint(ctx: RunContext, stage: Stage) -> str:
 
 def stage_key(ctx: RunContext, stage: Stage) -> str:
     override = str(ctx.data_override.resolve()) if ctx.data_override else None
-    upstream = {name: output_fingerprint(ctx, STAGES_BY_NAME[name]) for name in stage.inputs}
+    upstream = {name: output_fingerprint(ctx, STAGES_BY_NAME[name]) for name in stage.inputs_for(ctx.config)}
     return ctx.config.section_hash(*stage.depends_on, extra={"data_override": override, "upstream": upstream,
                                                              "code": code_version()})
 
@@ -96,6 +96,14 @@ def _prepare(ctx: RunContext, stage: Stage, key: str, force: bool) -> None:
     running.write_text(key)
 
 
+def selected_stages(config: ExperimentConfig, stages: list[str] | None) -> set[str]:
+    """The named stages (default: all but the optional controls), plus any optional stage one of them reads
+    under ``config`` (``distill.teacher: continued`` reads the continued baseline)."""
+    selected = set(stages) if stages else {s.name for s in STAGES if not s.optional}
+    return selected | {name for s in STAGES if s.name in selected for name in s.inputs_for(config)
+                       if STAGES_BY_NAME[name].optional}
+
+
 def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str] | None = None,
                  data_override: str | Path | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
     """Run the named stages (default: all but the optional controls) in order; skip those already done with the
@@ -109,9 +117,10 @@ def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str
     ctx = RunContext(config, Path(run_dir), Path(data_override) if data_override else None)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, ctx.run_dir / "config.yaml")
+    selected = selected_stages(config, stages)
     results: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        if (stage.name not in stages) if stages else stage.optional:
+        if stage.name not in selected:
             continue
         key = stage_key(ctx, stage)
         ctx.keys[stage.name] = key

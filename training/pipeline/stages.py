@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from training.config import ExperimentConfig
 from training.data import split_dataset
 from training.pipeline.context import (
     RunContext,
@@ -49,6 +50,12 @@ class Stage:
     inputs: tuple[str, ...] = ()  # upstream stages whose outputs it reads
     outputs: tuple[str, ...] = ()  # run-directory folders it writes (default: its own)
     optional: bool = False  # runs only when named (a control for compare / ablate), never by default
+    # upstream stages read only under some configs (the distillation control reads the continued baseline)
+    config_inputs: Callable[[ExperimentConfig], tuple[str, ...]] | None = None
+
+    def inputs_for(self, config: ExperimentConfig) -> tuple[str, ...]:
+        """The upstream stages whose outputs this stage reads under ``config``."""
+        return self.inputs + (self.config_inputs(config) if self.config_inputs else ())
 
     @property
     def output_dirs(self) -> tuple[str, ...]:
@@ -169,12 +176,16 @@ def stage_continued(ctx: RunContext) -> dict[str, Any]:
     return _fit_summary(trainer.fit())
 
 
+# distill.teacher values that name a plain detector stage (no DDPM features) to distil from
+PLAIN_TEACHER_STAGES = ("baseline", "continued")
+
+
 def stage_distill(ctx: RunContext) -> dict[str, Any]:
     from training.distill.trainer import DistillTrainer
 
     train, val = load_split(ctx)
-    if ctx.config.distill.teacher == "baseline":  # the control: no DDPM features anywhere
-        teacher, source = ctx.stage_dir("baseline") / "weights" / "best.safetensors", None
+    if ctx.config.distill.teacher in PLAIN_TEACHER_STAGES:  # the control: no DDPM features anywhere
+        teacher, source = ctx.stage_dir(ctx.config.distill.teacher) / "weights" / "best.safetensors", None
     else:
         teacher, source = ctx.stage_dir("teacher") / "weights" / "best.safetensors", feature_source(ctx)
     trainer = DistillTrainer(ctx.config, train, val, ctx.stage_dir("distill"), teacher, source, resume="auto",
@@ -221,7 +232,8 @@ STAGES: list[Stage] = [
     Stage("baseline", TRAIN_SECTIONS, stage_baseline, inputs=("data",)),
     Stage("continued", TRAIN_SECTIONS + ("teacher",), stage_continued, inputs=("data", "baseline"), optional=True),
     Stage("teacher", TEACHER_SECTIONS, stage_teacher, inputs=("data", "features", "resvae", "baseline")),
-    Stage("distill", DISTILL_SECTIONS, stage_distill, inputs=("data", "features", "resvae", "baseline", "teacher")),
+    Stage("distill", DISTILL_SECTIONS, stage_distill, inputs=("data", "features", "resvae", "baseline", "teacher"),
+          config_inputs=lambda cfg: ("continued",) if cfg.distill.teacher == "continued" else ()),
     Stage("export", DISTILL_SECTIONS + ("export",), stage_export, inputs=("data", "baseline", "distill"),
           outputs=("export", "package")),
     Stage("report", DISTILL_SECTIONS + ("export",), stage_report,
