@@ -12,8 +12,9 @@ from training.config import load_config
 from training.detector import DetectorOutput
 from training.detector.checkpoint import load_detector
 from training.distill.losses import feature_distillation, foreground_weights, response_distillation
-from training.evaluation.ablation import ABLATIONS, link_unchanged_stages, variant_config
+from training.evaluation.ablation import ABLATIONS, variant_config
 from training.pipeline import RunContext
+from training.pipeline.runner import link_unchanged_stages
 
 
 def test_foreground_weights_mark_cells_inside_boxes():

@@ -185,3 +185,30 @@ def test_a_stage_that_reads_an_optional_control_brings_it_along():
     assert selected_stages(control, ["data", "baseline"]) == {"data", "baseline"}
     with pytest.raises(ConfigError, match="distill.teacher must be 'ddpm', 'baseline' or 'continued'"):
         config_from_dict({"name": "t", "distill": {"teacher": "continue"}})
+
+
+def test_run_reuse_links_what_another_run_computed_and_trains_the_rest(tiny_pipeline_run, tiny_pipeline_config: Path,
+                                                                       tmp_path: Path, capsys):
+    """A teacher experiment on an earlier run's DDPM, features and baseline: `run --reuse RUN` links those and
+    trains only what the changed config needs; the earlier run is left as it was."""
+    from training.cli import main
+
+    source = tiny_pipeline_run[0]
+    before = (source / "teacher" / "stage.json").read_text()
+    out = tmp_path / "lever"
+    stages = "data,ddpm,features,resvae,baseline,teacher"
+    assert main(["run", "--config", str(tiny_pipeline_config), "--out", str(out), "--reuse", str(source),
+                 "--set", "teacher.lr=0.0005", "--stages", stages]) == 0
+    for stage in ("data", "ddpm", "features", "resvae", "baseline"):
+        assert (out / stage).is_symlink() and (out / stage).resolve() == (source / stage).resolve()
+    assert not (out / "teacher").is_symlink() and (out / "teacher" / "weights" / "best.safetensors").is_file()
+    assert (source / "teacher" / "stage.json").read_text() == before
+    # a changed feature config is not the source's: features and everything reading them would be recomputed
+    other = tmp_path / "other"
+    assert main(["run", "--config", str(tiny_pipeline_config), "--out", str(other), "--reuse", str(source),
+                 "--set", "features.timesteps=[5]", "--stages", "data"]) == 0
+    assert sorted(p.name for p in other.iterdir() if p.is_symlink()) == ["baseline", "data", "ddpm"]
+    capsys.readouterr()
+    assert main(["run", "--config", str(tiny_pipeline_config), "--out", str(out), "--reuse",
+                 str(tmp_path / "nowhere")]) == 2
+    assert f"reuse: no run directory {tmp_path / 'nowhere'}" in capsys.readouterr().err

@@ -41,7 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
     stages = args.stages.split(",") if args.stages else None
-    results = run_pipeline(config, run_dir, stages=stages, data_override=args.data, force=args.force)
+    results = run_pipeline(config, run_dir, stages=stages, data_override=args.data, force=args.force,
+                           reuse=args.reuse)
     for name, result in results.items():
         state = "skipped (done)" if result.get("skipped") else f"{result.get('seconds', 0):.1f} s"
         print(f"[{name}] {state}: " + json.dumps({k: v for k, v in result.items() if k not in ("skipped", "seconds")}))
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--force", action="store_true",
                    help="rerun the stages from scratch even if done with this config (their directories are cleared)")
+    p.add_argument("--reuse", metavar="RUN", help="link the completed stages of run directory RUN that this config "
+                   "would compute identically (e.g. a teacher experiment on another run's DDPM and baseline)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ablate", help="run the ablation grid of a config and write one table")

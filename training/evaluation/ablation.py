@@ -23,11 +23,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from training.config import ExperimentConfig, config_from_dict
+from training.pipeline.runner import link_unchanged_stages
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
 VARIANT_STAGES = {"continued_baseline": ["data", "baseline", "continued"],
                   "self_distill": ["data", "baseline", "continued", "distill"]}
 TRAINING_STAGES = ["data", "ddpm", "features", "resvae", "teacher", "baseline", "distill"]
-LINKABLE_STAGES = TRAINING_STAGES + ["continued"]
 
 
 def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]]) -> ExperimentConfig:
@@ -53,28 +52,6 @@ def variant_config(base: ExperimentConfig, overrides: dict[str, dict[str, Any]])
     for section, changes in overrides.items():
         values[section].update(changes)
     return config_from_dict(json.loads(json.dumps(values)), where=f"ablation {overrides}")
-
-
-def link_unchanged_stages(base_ctx, ctx) -> list[str]:
-    """Symlink the base run's stages that the variant would compute identically; returns the names of the
-    variant's linked stages (now or before). Call it for each run to link from, in order of preference."""
-    from training.pipeline.runner import completed_key, stage_key
-    from training.pipeline.stages import STAGES
-
-    linked = []
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES:
-        if stage.name not in LINKABLE_STAGES:
-            continue
-        target = ctx.stage_dir(stage.name)
-        if target.is_symlink() or target.exists():
-            if target.is_symlink():
-                linked.append(stage.name)
-            continue
-        if completed_key(base_ctx, stage) == stage_key(ctx, stage):
-            os.symlink(base_ctx.stage_dir(stage.name).resolve(), target, target_is_directory=True)
-            linked.append(stage.name)
-    return linked
 
 
 def checkpoint_predictions(path: Path, records: list) -> list:

@@ -31,10 +31,10 @@ from training.evaluation.ablation import (
     TRAINING_STAGES,
     VARIANT_STAGES,
     checkpoint_predictions,
-    link_unchanged_stages,
     score_predictions,
     variant_config,
 )
+from training.pipeline.runner import link_unchanged_stages
 
 log = logging.getLogger(__name__)
 

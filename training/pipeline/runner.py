@@ -76,6 +76,30 @@ def completed_key(ctx: RunContext, stage: Stage) -> str | None:
     return json.loads(marker.read_text()).get("key")
 
 
+# stages whose outputs another run may share through a symlink (the package, report and demo are per run)
+LINKABLE_STAGES = ("data", "ddpm", "features", "resvae", "baseline", "continued", "teacher", "distill")
+
+
+def link_unchanged_stages(source: RunContext, ctx: RunContext) -> list[str]:
+    """Symlink the completed stages of ``source`` that ``ctx`` would compute identically (same key); return the
+    names of ctx's linked stages (now or before). Call it for each run to link from, in order of preference.
+    Nothing already in ctx's run directory is touched."""
+    linked = []
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        if stage.name not in LINKABLE_STAGES:
+            continue
+        target = ctx.stage_dir(stage.name)
+        if target.is_symlink() or target.exists():
+            if target.is_symlink():
+                linked.append(stage.name)
+            continue
+        if completed_key(source, stage) == stage_key(ctx, stage):
+            os.symlink(source.stage_dir(stage.name).resolve(), target, target_is_directory=True)
+            linked.append(stage.name)
+    return linked
+
+
 def _clear(ctx: RunContext, stage: Stage) -> None:
     for folder in stage.output_dirs:
         path = ctx.stage_dir(folder)
@@ -105,16 +129,26 @@ def selected_stages(config: ExperimentConfig, stages: list[str] | None) -> set[s
 
 
 def run_pipeline(config: ExperimentConfig, run_dir: str | Path, stages: list[str] | None = None,
-                 data_override: str | Path | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
+                 data_override: str | Path | None = None, force: bool = False,
+                 reuse: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Run the named stages (default: all but the optional controls) in order; skip those already done with the
     same inputs.
 
-    ``force`` reruns the named stages from scratch: each one's outputs are cleared first.
+    ``force`` reruns the named stages from scratch: each one's outputs are cleared first. ``reuse`` names another
+    run directory whose completed stages this run would compute identically: they are linked, not recomputed
+    (e.g. a teacher experiment on the DDPM, features and baseline of an earlier run).
     """
     unknown = set(stages or []) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {STAGE_NAMES}")
     ctx = RunContext(config, Path(run_dir), Path(data_override) if data_override else None)
+    if reuse is not None:
+        source = RunContext(config, Path(reuse), ctx.data_override)
+        if not source.run_dir.is_dir():
+            raise FileNotFoundError(f"reuse: no run directory {source.run_dir}")
+        if source.run_dir.resolve() == ctx.run_dir.resolve():
+            raise ValueError(f"reuse: {source.run_dir} is the run directory itself")
+        log.info("reused from %s: %s", source.run_dir, link_unchanged_stages(source, ctx))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, ctx.run_dir / "config.yaml")
     selected = selected_stages(config, stages)
